@@ -1,0 +1,70 @@
+# mcufleet developer interface. `make test` does all set-up on a fresh Debian/Ubuntu machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NODE_DIR := .cache/node
+# apt-get needs root; fall back to sudo when it exists.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: help venv system-deps node-deps check lint typecheck imports test test-fast demo bench contract clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "mcufleet needs Python >= 3.11 (found $$($(PYTHON) --version))"; exit 1; }
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install mcufleet with its test extras
+
+system-deps: ## install mosquitto and prometheus (promtool) with apt-get when missing
+	@missing=""; \
+	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ] && ! command -v sudo >/dev/null; then \
+	    echo "missing system packages:$$missing. Run as root or install sudo, or: apt-get install$$missing"; exit 1; fi; \
+	  echo "installing system packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(NODE_DIR)/node_modules/@asyncapi/parser/package.json: deploy/contract/package.json
+	@mkdir -p $(NODE_DIR)
+	cp deploy/contract/package.json $(NODE_DIR)/package.json
+	cd $(NODE_DIR) && npm install --no-audit --no-fund --silent
+	@touch $@
+
+node-deps: system-deps $(NODE_DIR)/node_modules/@asyncapi/parser/package.json ## install the AsyncAPI validator from npm
+
+check: $(STAMP) ## ruff + mypy --strict + import-linter
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+contract: $(STAMP) ## regenerate deploy/contract/ from schemas/
+	$(BIN)/mcufleet contract export
+
+test: system-deps node-deps $(STAMP) check ## full set-up, static checks, then every test
+	$(BIN)/mcufleet contract check
+	MCUFLEET_NODE_MODULES=$(CURDIR)/$(NODE_DIR)/node_modules $(BIN)/pytest
+
+test-fast: $(STAMP) ## unit tests only (no real components)
+	$(BIN)/pytest -m "not integration and not chaos"
+
+demo: system-deps $(STAMP) ## run the whole system locally on embedded defaults
+	$(BIN)/mcufleet demo
+
+bench: system-deps $(STAMP) ## run every benchmark, write bench/results.json and bench/results.md
+	$(BIN)/python -m bench
+
+clean: ## remove the venv and caches
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

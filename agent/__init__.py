@@ -1,0 +1,1 @@
+"""The gateway agent: discovers SMP devices, publishes inventory, executes OTA jobs."""

@@ -1,0 +1,63 @@
+"""How the agent reaches one device: build a transport, open a session, prove it answers."""
+
+from collections.abc import Callable
+from typing import Protocol
+
+from agent.session import SmpSession
+from agent.transport.base import SmpTransport
+from agent.transport.udp import UdpTransport
+
+
+class DeviceLink(Protocol):
+    """Opens sessions to one device (a fresh one after every drop or reboot)."""
+
+    address: str
+
+    async def connect(self, handshake_timeout_s: float | None = None) -> SmpSession:
+        """Open a session and complete the handshake (a shorter timeout polls a rebooting device).
+
+        Raises:
+            DeviceUnreachable: the device does not answer.
+        """
+        ...
+
+
+class TransportLink:
+    """A DeviceLink over any transport factory (UDP here; BLE supplies its own factory)."""
+
+    def __init__(
+        self,
+        address: str,
+        make_transport: Callable[[], SmpTransport],
+        *,
+        timeout_s: float,
+        handshake_timeout_s: float,
+    ) -> None:
+        """Reach `address` through transports made by `make_transport`."""
+        self.address = address
+        self._make_transport = make_transport
+        self._timeout_s = timeout_s
+        self._handshake_timeout_s = handshake_timeout_s
+
+    async def connect(self, handshake_timeout_s: float | None = None) -> SmpSession:
+        """Open a session and read the MCUmgr parameters (a connect counts only after a round trip)."""
+        session = SmpSession(self._make_transport(), timeout_s=self._timeout_s)
+        await session.open()
+        try:
+            await session.handshake(handshake_timeout_s or self._handshake_timeout_s)
+        except BaseException:
+            await session.close()
+            raise
+        return session
+
+
+def udp_link(
+    host: str, port: int, *, timeout_s: float = 2.5, handshake_timeout_s: float = 2.0
+) -> TransportLink:
+    """A link to an SMP-over-UDP device at `host:port`."""
+    return TransportLink(
+        f"{host}:{port}",
+        lambda: UdpTransport(host, port),
+        timeout_s=timeout_s,
+        handshake_timeout_s=handshake_timeout_s,
+    )

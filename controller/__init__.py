@@ -1,0 +1,1 @@
+"""The central controller: fleet registry, Memfault correlation and staged rollouts."""

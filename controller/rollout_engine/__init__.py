@@ -1,0 +1,1 @@
+"""The pure rollout core: planner, gates and the per-rollout state machine (no I/O, no clock)."""

@@ -1,0 +1,566 @@
+"""One rollout's state machine: events in, effects out (dispatch, cancel, audit, gate decisions).
+
+Events are operator requests, job results and progress, gateway deaths and births, and ticks.
+
+Rules of this file:
+- No I/O and no clock: every method takes `now`; the coordinator persists `to_snapshot()` and
+  carries out the returned effects after each call.
+- A device has at most one job in flight; a job id is used once; a result for any other job id
+  than the device's current one is stale and ignored.
+- Attempts count only real tries at the device: load shedding (GATEWAY_BUSY), waiting for a radio
+  slot, and a gateway dying under a job give the attempt back.
+- Success counts only on the agent's confirmed result.
+- Tick cost follows jobs in flight and devices due, not fleet size: states are counted
+  incrementally and ready devices wait in queues.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+from collections import deque
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from controller.errors import RolloutError
+from controller.rollout_engine.cron import open_window_start, parse_cron, zone
+from controller.rollout_engine.effects import Audit, Cancel, Dispatch, Effect, GateDecided
+from controller.rollout_engine.gates import evaluate_gate
+from controller.rollout_engine.model import FlowView, best_link
+from controller.rollout_engine.records import DeviceRecord, RolloutSnapshot
+from schemas import (
+    DeviceJobState,
+    GateDecision,
+    GateVerdict,
+    JobOutcome,
+    ReasonCode,
+    RolloutPlan,
+    RolloutSpec,
+    RolloutState,
+    RolloutStatus,
+    StateCounts,
+    WaveState,
+)
+
+ACTIVE = {DeviceJobState.PENDING, DeviceJobState.WAITING, DeviceJobState.IN_FLIGHT}
+RETRYABLE_STATES = {DeviceJobState.FAILED, DeviceJobState.TIMED_OUT, DeviceJobState.UNREACHABLE}
+BUSY_RETRY_S = 5.0
+NO_GATEWAY = "no online gateway hears it"
+MAX_SKIPS_PER_TICK = 256
+_DECODER = msgspec.msgpack.Decoder(RolloutSnapshot)
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+def _ts(now: datetime) -> float:
+    return now.timestamp()
+
+
+class RolloutMachine:
+    """The state of one rollout and every transition it may take."""
+
+    def __init__(self, snapshot: RolloutSnapshot) -> None:
+        self._s = snapshot
+        self._counts: list[dict[DeviceJobState, int]] = []
+        self._ready: list[deque[str]] = []
+        self._backoff: list[tuple[float, str]] = []
+        self._in_flight: dict[str, DeviceRecord] = {}
+        self._jobs: dict[str, str] = {}
+        self._rebuild_indexes()
+
+    # --- construction and persistence --------------------------------------------------------
+
+    @classmethod
+    def create(cls, rollout_id: str, spec: RolloutSpec, now: datetime) -> RolloutMachine:
+        """A new rollout without a plan yet."""
+        for window in spec.windows:
+            parse_cron(window.cron)
+            zone(window.timezone)
+        return cls(RolloutSnapshot(rollout_id=rollout_id, spec=spec, created_at=_ts(now)))
+
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> RolloutMachine:
+        """Restore a machine saved with `to_snapshot`."""
+        return cls(_DECODER.decode(data))
+
+    def to_snapshot(self) -> bytes:
+        """Everything needed to continue exactly here after a restart."""
+        return _ENCODER.encode(self._s)
+
+    def _rebuild_indexes(self) -> None:
+        waves = len(self._s.plan.waves) if self._s.plan else 0
+        self._counts = [dict.fromkeys(DeviceJobState, 0) for _ in range(waves)]
+        self._ready = [deque() for _ in range(waves)]
+        self._backoff = []
+        self._in_flight = {}
+        self._jobs = {}
+        for serial in self._s.order:
+            record = self._s.devices[serial]
+            self._counts[record.wave][record.state] += 1
+            if record.state is DeviceJobState.PENDING:
+                self._ready[record.wave].append(serial)
+            elif record.state is DeviceJobState.WAITING:
+                heapq.heappush(self._backoff, (record.next_attempt_at, serial))
+            elif record.state is DeviceJobState.IN_FLIGHT:
+                self._in_flight[serial] = record
+            if record.job_id:
+                self._jobs[record.job_id] = serial
+
+    # --- queries -----------------------------------------------------------------------------
+
+    @property
+    def rollout_id(self) -> str:
+        """The rollout's id."""
+        return self._s.rollout_id
+
+    @property
+    def status(self) -> RolloutStatus:
+        """Where the rollout stands."""
+        return self._s.status
+
+    @property
+    def spec(self) -> RolloutSpec:
+        """What the operator asked for."""
+        return self._s.spec
+
+    @property
+    def plan(self) -> RolloutPlan | None:
+        """The plan, once previewed."""
+        return self._s.plan
+
+    def in_flight(self) -> dict[str, str]:
+        """Gateway of every device with a job in flight."""
+        return {serial: record.gateway for serial, record in self._in_flight.items()}
+
+    def state_wave(self) -> int:
+        """The index of the wave being rolled out."""
+        return self._s.current_wave
+
+    def gateway_record(self) -> dict[str, tuple[int, int]]:
+        """(successes, failures) of this rollout's jobs per gateway, for routing."""
+        gateways = set(self._s.gateway_successes) | set(self._s.gateway_failures)
+        return {
+            g: (self._s.gateway_successes.get(g, 0), self._s.gateway_failures.get(g, 0)) for g in gateways
+        }
+
+    def device(self, serial: str) -> DeviceRecord | None:
+        """One device's record."""
+        return self._s.devices.get(serial)
+
+    def counts(self, wave: int | None = None) -> StateCounts:
+        """Devices per state, of one wave or of the whole rollout."""
+        waves = self._counts if wave is None else [self._counts[wave]]
+        total: dict[str, int] = {}
+        for per_wave in waves:
+            for state, count in per_wave.items():
+                total[state.value] = total.get(state.value, 0) + count
+        return StateCounts(**total)
+
+    def state(self, now: datetime) -> RolloutState:
+        """The retained state message."""
+        plan = self._s.plan
+        waves = []
+        if plan is not None:
+            waves = [
+                WaveState(index=w.index, size=len(w.devices), counts=self.counts(w.index)) for w in plan.waves
+            ]
+        return RolloutState(
+            rollout_id=self._s.rollout_id,  # type: ignore[arg-type]
+            status=self._s.status,
+            software_type=self._s.spec.software_type,
+            target_version=self._s.spec.target_version,
+            plan_id=plan.plan_id if plan else "",
+            current_wave=self._s.current_wave,
+            waves=waves,
+            counts=self.counts() if plan else StateCounts(),
+            gate_decisions=self._s.gate_decisions[-20:],
+            paused_reason=self._s.paused_reason,
+            updated_at=now,
+        )
+
+    # --- operator requests -------------------------------------------------------------------
+
+    def set_plan(self, plan: RolloutPlan) -> list[Effect]:
+        """Adopt a (new) plan; only before the rollout starts."""
+        if self._s.status not in (RolloutStatus.CREATED, RolloutStatus.PLANNED):
+            raise RolloutError(f"rollout is {self._s.status}; it can no longer be re-planned")
+        devices: dict[str, DeviceRecord] = {}
+        order: list[str] = []
+        for wave in plan.waves:
+            for planned in wave.devices:
+                devices[planned.device_serial] = DeviceRecord(
+                    wave=wave.index, gateway=planned.gateway_id, hardware_version=planned.hardware_version
+                )
+                order.append(planned.device_serial)
+        self._s.plan, self._s.devices, self._s.order = plan, devices, order
+        self._s.status = RolloutStatus.PLANNED
+        self._rebuild_indexes()
+        size = sum(len(w.devices) for w in plan.waves)
+        return [Audit("planned", f"plan {plan.plan_id}: {size} devices in {len(plan.waves)} waves")]
+
+    def start(self, plan_id: str, now: datetime) -> list[Effect]:
+        """Start, approving the plan with this id."""
+        plan = self._s.plan
+        if self._s.status is not RolloutStatus.PLANNED or plan is None:
+            raise RolloutError(f"rollout is {self._s.status}; only a planned rollout can start")
+        if plan_id != plan.plan_id:
+            raise RolloutError(f"plan {plan_id!r} is not the current plan {plan.plan_id!r}; preview again")
+        self._s.status = RolloutStatus.RUNNING
+        self._s.wave_started_at = _ts(now)
+        self._s.ramp_cap = self._s.spec.flow.ramp_initial_in_flight or self._s.spec.flow.max_in_flight
+        self._s.tokens, self._s.tokens_at = 1.0, _ts(now)
+        return [Audit("started", f"plan {plan_id}")]
+
+    def pause(self, reason: str) -> list[Effect]:
+        """Stop starting jobs; jobs in flight finish."""
+        if self._s.status is not RolloutStatus.RUNNING:
+            raise RolloutError(f"rollout is {self._s.status}; only a running rollout can pause")
+        self._s.status, self._s.paused_reason = RolloutStatus.PAUSED, reason or "paused by an operator"
+        return [Audit("paused", self._s.paused_reason)]
+
+    def resume(self, now: datetime) -> list[Effect]:
+        """Resume a paused rollout."""
+        if self._s.status is not RolloutStatus.PAUSED:
+            raise RolloutError(f"rollout is {self._s.status}; only a paused rollout can resume")
+        self._s.status, self._s.paused_reason = RolloutStatus.RUNNING, ""
+        self._s.soak_until = None
+        return [Audit("resumed", "")]
+
+    def abort(self, reason: str, now: datetime) -> list[Effect]:
+        """No new jobs; jobs in flight are canceled; updated devices stay updated."""
+        if self._s.status in (RolloutStatus.COMPLETED, RolloutStatus.ABORTED):
+            raise RolloutError(f"rollout is already {self._s.status}")
+        effects: list[Effect] = [
+            Cancel(record.job_id, record.gateway, "rollout aborted") for record in self._in_flight.values()
+        ]
+        for serial in list(self._s.order):
+            if self._s.devices[serial].state in ACTIVE:
+                self._set_state(serial, DeviceJobState.CANCELED, "rollout aborted")
+        self._s.status, self._s.paused_reason = RolloutStatus.ABORTED, reason
+        effects.append(Audit("aborted", reason))
+        return effects
+
+    def cancel_device(self, serial: str) -> list[Effect]:
+        """Take one device out of the rollout."""
+        record = self._s.devices.get(serial)
+        if record is None:
+            raise RolloutError(f"device {serial} is not in this rollout")
+        if record.state not in ACTIVE:
+            raise RolloutError(f"device {serial} is already {record.state}")
+        effects: list[Effect] = []
+        if record.state is DeviceJobState.IN_FLIGHT:
+            effects.append(Cancel(record.job_id, record.gateway, "device canceled by an operator"))
+        self._set_state(serial, DeviceJobState.CANCELED, "canceled by an operator")
+        effects.append(Audit("device_canceled", serial))
+        return effects
+
+    def retry_failed(self, serials: list[str], now: datetime) -> list[Effect]:
+        """Give failed, timed-out and unreachable devices a fresh attempt budget."""
+        chosen = serials or [s for s in self._s.order if self._s.devices[s].state in RETRYABLE_STATES]
+        retried = 0
+        for serial in chosen:
+            record = self._s.devices.get(serial)
+            if record is None or record.state not in RETRYABLE_STATES:
+                continue
+            record.attempts, record.tried = 0, []
+            self._set_state(serial, DeviceJobState.PENDING, "retry requested")
+            retried += 1
+        if retried and self._s.status is RolloutStatus.COMPLETED:
+            self._s.status = RolloutStatus.RUNNING
+        return [Audit("retry_failed", f"{retried} devices")]
+
+    # --- events from gateways ----------------------------------------------------------------
+
+    def on_progress(self, job_id: str, now: datetime) -> None:
+        """A job reported progress: its no-progress deadline moves."""
+        serial = self._jobs.get(job_id)
+        record = self._in_flight.get(serial) if serial else None
+        if record is not None and record.job_id == job_id:
+            record.progress_at = _ts(now)
+
+    def on_result(
+        self, job_id: str, outcome: JobOutcome, reason: ReasonCode, retryable: bool, now: datetime
+    ) -> list[Effect]:
+        """A job ended on the gateway."""
+        serial = self._jobs.get(job_id)
+        record = self._in_flight.get(serial) if serial else None
+        if serial is None or record is None or record.job_id != job_id:
+            return []  # stale, duplicate or unknown: results are idempotent
+        if reason is ReasonCode.DUPLICATE_JOB and outcome is not JobOutcome.SUCCEEDED:
+            # A repeated failure lost its original reason on the way: count it, but allow a retry.
+            retryable = True
+        if outcome is JobOutcome.SUCCEEDED:
+            self._set_state(serial, DeviceJobState.SUCCEEDED, reason.value)
+            self._s.ramp_cap = min(self._s.spec.flow.max_in_flight, self._s.ramp_cap * 2)
+            self._s.gateway_successes[record.gateway] = self._s.gateway_successes.get(record.gateway, 0) + 1
+            return []
+        self._s.gateway_failures[record.gateway] = self._s.gateway_failures.get(record.gateway, 0) + 1
+        if reason is ReasonCode.GATEWAY_BUSY:
+            record.attempts -= 1  # load shedding never consumes an attempt
+            return self._wait(serial, _ts(now) + BUSY_RETRY_S, "gateway busy", avoid=record.gateway)
+        if reason is ReasonCode.DEVICE_UNREACHABLE and record.gateway not in record.tried:
+            record.attempts -= 1  # this gateway cannot reach it: try another before counting
+            return self._wait(serial, _ts(now), "unreachable through " + record.gateway, avoid=record.gateway)
+        terminal = {
+            JobOutcome.REJECTED: DeviceJobState.REJECTED,
+            JobOutcome.REVERTED: DeviceJobState.REVERTED,
+            JobOutcome.CANCELED: DeviceJobState.CANCELED,
+            JobOutcome.TIMED_OUT: DeviceJobState.TIMED_OUT,
+        }.get(outcome, DeviceJobState.FAILED)
+        retry = self._s.spec.retry
+        if (
+            retryable
+            and terminal in (DeviceJobState.FAILED, DeviceJobState.TIMED_OUT)
+            and record.attempts < retry.max_attempts
+        ):
+            backoff_s = retry.backoff_s * retry.backoff_factor ** max(0, record.attempts - 1)
+            return self._wait(serial, _ts(now) + backoff_s, f"{reason.value}; retry in {backoff_s:.0f} s")
+        self._set_state(serial, terminal, reason.value)
+        return []
+
+    def on_gateway_offline(self, gateway_id: str, now: datetime) -> list[Effect]:
+        """A gateway died: its jobs go to another gateway that hears the device (attempt given back)."""
+        effects: list[Effect] = []
+        for serial, record in list(self._in_flight.items()):
+            if record.gateway != gateway_id:
+                continue
+            record.attempts -= 1
+            # The command may still sit in the dead gateway's broker queue: cancel it there too.
+            effects.append(Cancel(record.job_id, gateway_id, "rerouted: gateway offline"))
+            effects += self._wait(serial, _ts(now), f"gateway {gateway_id} offline", avoid=gateway_id)
+        return effects
+
+    def on_gateway_online(self, gateway_id: str, now: datetime) -> list[Effect]:
+        """A gateway came (back): devices parked as unreachable are tried again."""
+        for serial in self._s.order:
+            record = self._s.devices[serial]
+            if record.state is DeviceJobState.UNREACHABLE and record.reason == NO_GATEWAY:
+                self._set_state(serial, DeviceJobState.PENDING, f"gateway {gateway_id} online")
+        return []
+
+    def reconcile(self) -> list[Dispatch]:
+        """Commands to send again for every job in flight (a new leader asks what became of them).
+
+        The job ids are the same, so an agent that finished a job repeats its result and one that
+        is still running it reports progress: nothing runs twice.
+        """
+        deadline_s = self._s.spec.deadlines.job_total_s
+        return [
+            Dispatch(
+                record.job_id,
+                serial,
+                record.gateway,
+                record.attempts,
+                datetime.fromtimestamp(record.dispatched_at + deadline_s, UTC),
+            )
+            for serial, record in self._in_flight.items()
+        ]
+
+    # --- the tick ----------------------------------------------------------------------------
+
+    def tick(self, now: datetime, flow: FlowView) -> list[Effect]:
+        """Time out stale jobs, judge the current wave, and start jobs within every cap."""
+        if self._s.status not in (RolloutStatus.RUNNING, RolloutStatus.PAUSED):
+            return []
+        now_s = _ts(now)
+        effects = self._expire(now_s)
+        self._release_backoffs(now_s)
+        if self._s.status is RolloutStatus.RUNNING:
+            effects += self._judge(now, now_s)
+        if self._s.status is RolloutStatus.RUNNING:
+            effects += self._start_jobs(now, now_s, flow)
+        return effects
+
+    def _expire(self, now_s: float) -> list[Effect]:
+        deadlines = self._s.spec.deadlines
+        effects: list[Effect] = []
+        for serial, record in list(self._in_flight.items()):
+            stalled = now_s - record.progress_at > deadlines.no_progress_s
+            overdue = now_s - record.dispatched_at > deadlines.job_total_s
+            if stalled or overdue:
+                effects.append(Cancel(record.job_id, record.gateway, "deadline passed"))
+                why = "no progress" if stalled else "job deadline"
+                effects += self._after_timeout(serial, record, now_s, why)
+        return effects
+
+    def _after_timeout(self, serial: str, record: DeviceRecord, now_s: float, why: str) -> list[Effect]:
+        retry = self._s.spec.retry
+        if record.attempts < retry.max_attempts:
+            backoff_s = retry.backoff_s * retry.backoff_factor ** max(0, record.attempts - 1)
+            return self._wait(serial, now_s + backoff_s, f"timed out ({why})", avoid=record.gateway)
+        self._set_state(serial, DeviceJobState.TIMED_OUT, why)
+        return []
+
+    def _release_backoffs(self, now_s: float) -> None:
+        while self._backoff and self._backoff[0][0] <= now_s:
+            _, serial = heapq.heappop(self._backoff)
+            record = self._s.devices[serial]
+            if record.state is DeviceJobState.WAITING and record.next_attempt_at <= now_s:
+                self._set_state(serial, DeviceJobState.PENDING, record.reason)
+
+    def _judge(self, now: datetime, now_s: float) -> list[Effect]:  # noqa: PLR0911 (one return per verdict)
+        plan = self._s.plan
+        if plan is None:
+            return []
+        wave = self._s.current_wave
+        counts = self._counts[wave]
+        wave_done = not any(counts[state] for state in ACTIVE)
+        verdict, reason, bound = evaluate_gate(self._s.spec.gates, self.counts(wave), wave_done=wave_done)
+        if verdict is GateVerdict.WAIT:
+            return []
+        if verdict is GateVerdict.PROMOTE:
+            if self._s.soak_until is None:
+                self._s.soak_until = now_s + plan.waves[wave].soak_s
+            if now_s < self._s.soak_until:
+                return []
+            effects = self._decide(now, wave, verdict, reason, bound)
+            self._s.soak_until = None
+            if wave + 1 >= len(plan.waves):
+                self._s.status = RolloutStatus.COMPLETED
+                return [*effects, Audit("completed", f"{self.counts().succeeded} devices updated")]
+            self._s.current_wave, self._s.wave_started_at = wave + 1, now_s
+            return effects
+        effects = self._decide(now, wave, verdict, reason, bound)
+        if verdict is GateVerdict.ABORT:
+            return effects + self.abort(f"failure gate: {reason}", now)
+        self._s.status, self._s.paused_reason = RolloutStatus.PAUSED, f"failure gate: {reason}"
+        return [*effects, Audit("paused", self._s.paused_reason)]
+
+    def _decide(
+        self, now: datetime, wave: int, verdict: GateVerdict, reason: str, bound: float
+    ) -> list[Effect]:
+        counts = self.counts(wave)
+        attempted = counts.succeeded + counts.failed + counts.rejected + counts.timed_out + counts.reverted
+        decision = GateDecision(
+            at=now,
+            wave=wave,
+            verdict=verdict,
+            reason=reason[:256],
+            attempted=attempted,
+            succeeded=counts.succeeded,
+            failed=attempted - counts.succeeded,
+            failure_lower_bound=round(bound, 4),
+        )
+        self._s.gate_decisions.append(decision)
+        return [GateDecided(decision)]
+
+    def _start_jobs(self, now: datetime, now_s: float, flow: FlowView) -> list[Effect]:
+        spec = self._s.spec
+        budget = min(spec.flow.max_in_flight, self._s.ramp_cap) - len(self._in_flight)
+        budget = min(budget, self._rate_budget(now_s), self._window_budget(now))
+        if budget <= 0:
+            return []
+        by_gateway = dict(flow.in_flight_by_gateway)
+        by_site = dict(flow.in_flight_by_site)
+        effects: list[Effect] = []
+        skips = 0
+        for wave in range(self._s.current_wave + 1):
+            queue = self._ready[wave]
+            kept: list[str] = []
+            while queue and budget > 0 and skips < MAX_SKIPS_PER_TICK:
+                serial = queue.popleft()
+                record = self._s.devices[serial]
+                if record.state is not DeviceJobState.PENDING:
+                    continue
+                links = flow.links(serial)
+                choices = tuple(
+                    link
+                    for link in links
+                    if by_gateway.get(link.gateway_id, 0) < spec.flow.max_in_flight_per_gateway
+                    and (
+                        spec.flow.max_in_flight_per_site is None
+                        or by_site.get(link.site, 0) < spec.flow.max_in_flight_per_site
+                    )
+                )
+                link = best_link(choices, flow, frozenset(record.tried))
+                if link is None:
+                    if not any(candidate.online for candidate in links):
+                        self._set_state(serial, DeviceJobState.UNREACHABLE, NO_GATEWAY)
+                    else:
+                        kept.append(serial)  # waiting for a radio slot: no attempt consumed
+                    skips += 1
+                    continue
+                by_gateway[link.gateway_id] = by_gateway.get(link.gateway_id, 0) + 1
+                by_site[link.site] = by_site.get(link.site, 0) + 1
+                effects.append(self._dispatch(serial, record, link.gateway_id, now, now_s))
+                budget -= 1
+            queue.extendleft(reversed(kept))
+        self._s.tokens -= len(effects)
+        self._s.started += len(effects)
+        return effects
+
+    def _dispatch(
+        self, serial: str, record: DeviceRecord, gateway_id: str, now: datetime, now_s: float
+    ) -> Dispatch:
+        self._s.job_seq += 1
+        digest = hashlib.sha256(f"{self._s.rollout_id}\0{serial}\0{self._s.job_seq}".encode()).hexdigest()[
+            :16
+        ]
+        job_id = f"{self._s.rollout_id[:40]}-{digest}"
+        record.attempts += 1
+        record.job_id, record.gateway = job_id, gateway_id
+        record.dispatched_at = record.progress_at = now_s
+        if gateway_id not in record.tried:
+            record.tried.append(gateway_id)
+        self._jobs[job_id] = serial
+        self._set_state(serial, DeviceJobState.IN_FLIGHT, "")
+        deadline = now + timedelta(seconds=self._s.spec.deadlines.job_total_s)
+        return Dispatch(job_id, serial, gateway_id, record.attempts, deadline)
+
+    def _rate_budget(self, now_s: float) -> int:
+        per_minute = self._s.spec.flow.starts_per_minute
+        if per_minute is None:
+            return 1 << 30
+        rate = per_minute / 60.0
+        self._s.tokens = min(max(1.0, rate), self._s.tokens + (now_s - self._s.tokens_at) * rate)
+        self._s.tokens_at = now_s
+        return math.floor(self._s.tokens)
+
+    def _window_budget(self, now: datetime) -> int:
+        windows = self._s.spec.windows
+        if not windows:
+            return 1 << 30
+        for window in windows:
+            start = open_window_start(parse_cron(window.cron), zone(window.timezone), window.duration_s, now)
+            if start is None:
+                continue
+            start_s = start.astimezone(UTC).timestamp()
+            if self._s.window_started_at != start_s:
+                # A new window: spread the devices still to start evenly across it.
+                self._s.window_started_at, self._s.window_base = start_s, self._s.started
+                self._s.window_pending = sum(len(q) for q in self._ready) + len(self._backoff)
+            elapsed = _ts(now) - start_s + 60.0
+            allowed = self._s.window_base + math.ceil(
+                self._s.window_pending * min(1.0, elapsed / window.duration_s)
+            )
+            return max(0, allowed - self._s.started)
+        return 0
+
+    # --- bookkeeping -------------------------------------------------------------------------
+
+    def _wait(self, serial: str, at_s: float, reason: str, avoid: str = "") -> list[Effect]:
+        record = self._s.devices[serial]
+        record.next_attempt_at = at_s
+        if avoid and avoid not in record.tried:
+            record.tried.append(avoid)
+        self._set_state(serial, DeviceJobState.WAITING, reason)
+        heapq.heappush(self._backoff, (at_s, serial))
+        return []
+
+    def _set_state(self, serial: str, state: DeviceJobState, reason: str) -> None:
+        record = self._s.devices[serial]
+        counts = self._counts[record.wave]
+        counts[record.state] -= 1
+        counts[state] += 1
+        if record.state is DeviceJobState.IN_FLIGHT:
+            self._in_flight.pop(serial, None)
+        if state is DeviceJobState.IN_FLIGHT:
+            self._in_flight[serial] = record
+        if state is DeviceJobState.PENDING:
+            # Retries go first: they were due before devices that never started.
+            if record.attempts:
+                self._ready[record.wave].appendleft(serial)
+            else:
+                self._ready[record.wave].append(serial)
+        record.state, record.reason = state, reason

@@ -1,0 +1,190 @@
+"""The rollout planner: which devices, in which wave, through which gateway, and how long it takes.
+
+Eligible devices are ordered by a hash of rollout id and serial (deterministic, different for
+every rollout), and the first wave is a stratified canary: it takes one device of every hardware
+version and of every gateway present before filling up in hash order, so a bad build for one board
+or a bad gateway shows up in the canary, not in wave three. Every exclusion carries its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from datetime import datetime
+
+from controller.rollout_engine.model import Candidate, best_link
+from controller.rollout_engine.versions import version_key
+from schemas import (
+    DeviceSerial,
+    ExcludedDevice,
+    GatewayId,
+    PlannedDevice,
+    PlannedWave,
+    RolloutId,
+    RolloutPlan,
+    RolloutSpec,
+    Selector,
+)
+
+
+def order_key(rollout_id: str, serial: str) -> bytes:
+    """The device's place in this rollout's order."""
+    return hashlib.sha256(f"{rollout_id}\0{serial}".encode()).digest()[:8]
+
+
+def selected(selector: Selector, candidate: Candidate, sites: set[str]) -> bool:
+    """Whether the operator's selector covers the device (empty lists mean any)."""
+    if candidate.serial in selector.serial_deny:
+        return False
+    if selector.serial_allow and candidate.serial not in selector.serial_allow:
+        return False
+    if selector.hardware_versions and candidate.hardware_version not in selector.hardware_versions:
+        return False
+    if selector.current_versions and candidate.current_version not in selector.current_versions:
+        return False
+    gateways = {link.gateway_id for link in candidate.links}
+    if selector.gateways and not gateways & set(selector.gateways):
+        return False
+    return not (selector.sites and not sites & set(selector.sites))
+
+
+def exclusion(spec: RolloutSpec, candidate: Candidate) -> str:
+    """Why a selected device cannot be in the plan ("" when it can)."""
+    if candidate.current_version == spec.target_version:
+        return "already on the target version"
+    if candidate.offered_version is None:
+        return f"memfault offers nothing: {candidate.refusal or 'up to date'}"
+    if candidate.offered_version != spec.target_version:
+        return f"memfault offers {candidate.offered_version}, not {spec.target_version}"
+    if not spec.allow_downgrade and version_key(spec.target_version) < version_key(candidate.current_version):
+        return f"downgrade from {candidate.current_version} refused"
+    if best_link(candidate.links) is None:
+        return "no online gateway hears it"
+    return ""
+
+
+def wave_sizes(spec: RolloutSpec, eligible: int) -> list[int]:
+    """How many devices each wave adds (cumulative percentages or counts)."""
+    sizes: list[int] = []
+    covered = 0
+    for wave in spec.waves:
+        if wave.count is not None:
+            target = covered + wave.count
+        else:
+            target = math.ceil(eligible * (wave.percent or 100.0) / 100.0)
+        target = min(max(target, covered), eligible)
+        sizes.append(target - covered)
+        covered = target
+    return sizes
+
+
+def plan_rollout(
+    rollout_id: str,
+    plan_id: str,
+    spec: RolloutSpec,
+    candidates: Sequence[Candidate],
+    now: datetime,
+    *,
+    image_size_bytes: int,
+    throughput_bytes_per_s: float,
+    reboot_s: float,
+) -> RolloutPlan:
+    """Plan a rollout over `candidates` (the registry's devices of the spec's software type)."""
+    excluded: list[ExcludedDevice] = []
+    eligible: list[tuple[bytes, Candidate, str]] = []
+    for candidate in candidates:
+        if candidate.software_type != spec.software_type:
+            continue
+        sites = {link.site for link in candidate.links}
+        if not selected(spec.selector, candidate, sites):
+            continue
+        reason = exclusion(spec, candidate)
+        if reason:
+            excluded.append(ExcludedDevice(device_serial=DeviceSerial(candidate.serial), reason=reason))
+            continue
+        link = best_link(candidate.links)
+        assert link is not None  # exclusion() guarantees a link  # noqa: S101
+        eligible.append((order_key(rollout_id, candidate.serial), candidate, link.gateway_id))
+    eligible.sort(key=lambda item: item[0])
+    sizes = wave_sizes(spec, len(eligible))
+    ordered = _canary_first(eligible, sizes[0] if sizes else 0)
+    waves: list[PlannedWave] = []
+    start = 0
+    for index, (size, wave_spec) in enumerate(zip(sizes, spec.waves, strict=True)):
+        members = ordered[start : start + size]
+        start += size
+        devices = [
+            PlannedDevice(
+                device_serial=DeviceSerial(c.serial),
+                gateway_id=GatewayId(gateway),
+                hardware_version=c.hardware_version,
+            )
+            for _, c, gateway in members
+        ]
+        waves.append(PlannedWave(index=index, devices=devices, soak_s=wave_spec.soak_s))
+    for _, candidate, _ in ordered[start:]:
+        excluded.append(
+            ExcludedDevice(device_serial=DeviceSerial(candidate.serial), reason="beyond the last wave")
+        )
+    return RolloutPlan(
+        rollout_id=RolloutId(rollout_id),
+        plan_id=plan_id,
+        created_at=now,
+        software_type=spec.software_type,
+        target_version=spec.target_version,
+        waves=waves,
+        excluded=excluded,
+        image_size_bytes=image_size_bytes,
+        estimated_duration_s=estimate_duration_s(
+            waves,
+            spec,
+            image_size_bytes=image_size_bytes,
+            throughput_bytes_per_s=throughput_bytes_per_s,
+            reboot_s=reboot_s,
+        ),
+    )
+
+
+def _canary_first(
+    eligible: list[tuple[bytes, Candidate, str]], canary_size: int
+) -> list[tuple[bytes, Candidate, str]]:
+    """Move one device per hardware version and per gateway to the front, within the canary size."""
+    if canary_size <= 0:
+        return eligible
+    chosen: list[int] = []
+    seen_hardware: set[str] = set()
+    seen_gateways: set[str] = set()
+    for index, (_, candidate, gateway) in enumerate(eligible):
+        if len(chosen) >= canary_size:
+            break
+        if candidate.hardware_version not in seen_hardware or gateway not in seen_gateways:
+            chosen.append(index)
+            seen_hardware.add(candidate.hardware_version)
+            seen_gateways.add(gateway)
+    picked = set(chosen)
+    return [eligible[i] for i in chosen] + [item for i, item in enumerate(eligible) if i not in picked]
+
+
+def estimate_duration_s(
+    waves: Sequence[PlannedWave],
+    spec: RolloutSpec,
+    *,
+    image_size_bytes: int,
+    throughput_bytes_per_s: float,
+    reboot_s: float,
+) -> float:
+    """Wave by wave: the busiest gateway's queue over its radio concurrency, plus soaks."""
+    per_device_s = image_size_bytes / max(throughput_bytes_per_s, 1.0) + reboot_s
+    total = 0.0
+    for wave in waves:
+        per_gateway: dict[str, int] = {}
+        for device in wave.devices:
+            per_gateway[device.gateway_id] = per_gateway.get(device.gateway_id, 0) + 1
+        if not per_gateway:
+            continue
+        busiest = max(per_gateway.values())
+        by_gateway_s = math.ceil(busiest / spec.flow.max_in_flight_per_gateway) * per_device_s
+        by_global_s = math.ceil(len(wave.devices) / spec.flow.max_in_flight) * per_device_s
+        total += max(by_gateway_s, by_global_s) + wave.soak_s
+    return round(total, 1)

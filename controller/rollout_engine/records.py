@@ -1,0 +1,51 @@
+"""The persisted state of one rollout (msgpack via msgspec; mutable, owned by its machine)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas import DeviceJobState, GateDecision, RolloutPlan, RolloutSpec, RolloutStatus
+
+
+class DeviceRecord(msgspec.Struct, kw_only=True):
+    """Where one device of the rollout stands."""
+
+    wave: int
+    gateway: str
+    hardware_version: str = ""
+    state: DeviceJobState = DeviceJobState.PENDING
+    attempts: int = 0
+    job_id: str = ""
+    dispatched_at: float = 0.0
+    progress_at: float = 0.0
+    next_attempt_at: float = 0.0
+    reason: str = ""
+    tried: list[str] = msgspec.field(default_factory=list)
+    """Gateways that already failed this device (routing avoids them while others hear it)."""
+
+
+class RolloutSnapshot(msgspec.Struct, kw_only=True):
+    """Everything a rollout machine needs to continue after a restart."""
+
+    rollout_id: str
+    spec: RolloutSpec
+    created_at: float
+    status: RolloutStatus = RolloutStatus.CREATED
+    plan: RolloutPlan | None = None
+    devices: dict[str, DeviceRecord] = msgspec.field(default_factory=dict)
+    order: list[str] = msgspec.field(default_factory=list)
+    current_wave: int = 0
+    wave_started_at: float = 0.0
+    soak_until: float | None = None
+    gate_decisions: list[GateDecision] = msgspec.field(default_factory=list)
+    paused_reason: str = ""
+    job_seq: int = 0
+    started: int = 0
+    ramp_cap: int = 0
+    tokens: float = 1.0
+    tokens_at: float = 0.0
+    window_started_at: float = 0.0
+    window_base: int = 0
+    window_pending: int = 0
+    gateway_successes: dict[str, int] = msgspec.field(default_factory=dict)
+    gateway_failures: dict[str, int] = msgspec.field(default_factory=dict)

@@ -1,0 +1,513 @@
+"""The rollout coordinator (leader only): joins the pure rollout machines to the store, Memfault and MQTT.
+
+One `step()` drains the store's inbox (operator requests, job results and progress), reacts to
+gateway births and deaths, ticks every running rollout, resolves fresh artifact URLs for the jobs
+it starts, and saves every machine, command, audit line, handled inbox item and reply in one
+transaction. Only then are state, plans, audit lines and replies published; commands leave through
+the store's outbox, so a crash anywhere re-sends, and the agent's job-id check makes that harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import msgspec
+import structlog
+
+from controller.errors import MemfaultUnavailable, RolloutError
+from controller.memfault import MemfaultClient
+from controller.metrics import LatencyHistogram
+from controller.operator_auth import OperatorKeys
+from controller.registry_view import FleetGauges, RegistryView
+from controller.rollout_engine.effects import Audit, Cancel, Dispatch, Effect, GateDecided
+from controller.rollout_engine.machine import RolloutMachine
+from controller.rollout_engine.model import Candidate, FlowView
+from controller.rollout_engine.planner import plan_rollout
+from controller.settings import SchedulerConfig
+from controller.store.executor import StoreExecutor
+from controller.store.fleet_store import FleetStore, GatewayRecord, InboxItem, RolloutRecord
+from schemas import (
+    AbortRollout,
+    Artifact,
+    AuditEvent,
+    CancelDevice,
+    CancelJob,
+    CreateRollout,
+    DeviceSerial,
+    JobId,
+    JobOutcome,
+    JobProgress,
+    JobResult,
+    OperatorReply,
+    OperatorRequest,
+    OtaCommand,
+    PauseRollout,
+    PreviewRollout,
+    ReasonCode,
+    ReplyStatus,
+    ResumeRollout,
+    RetryFailed,
+    RolloutId,
+    RolloutStatus,
+    StartRollout,
+    TopicKind,
+    TopicTree,
+    channels,
+)
+from service_runtime.mqtt import Outbound
+
+log = structlog.get_logger("mcufleet.controller.rollouts")
+
+_REQUEST_DECODER = msgspec.json.Decoder(OperatorRequest)
+_RESULT_DECODER = msgspec.json.Decoder(JobResult)
+_PROGRESS_DECODER = msgspec.json.Decoder(JobProgress)
+
+
+@dataclass
+class CoordinatorStats:
+    """What the coordinator did, read by the metrics collector."""
+
+    jobs: dict[tuple[str, str], int] = field(default_factory=dict)
+    gate_decisions: dict[str, int] = field(default_factory=dict)
+    operator_requests: dict[tuple[str, str], int] = field(default_factory=dict)
+    dispatched: int = 0
+
+
+@dataclass
+class _Step:
+    """What one step produced, saved together and then published."""
+
+    changed: set[str] = field(default_factory=set)
+    plans: set[str] = field(default_factory=set)
+    commands: list[tuple[str, bytes]] = field(default_factory=list)
+    job_commands: list[tuple[str, str, bytes]] = field(default_factory=list)
+    audit: list[AuditEvent] = field(default_factory=list)
+    handled: list[int] = field(default_factory=list)
+    replies: list[tuple[str, bytes, str, bytes]] = field(default_factory=list)
+    """(request id, reply, response topic, correlation data)."""
+
+
+class RolloutCoordinator:
+    """Runs every rollout on the leader."""
+
+    def __init__(
+        self,
+        store: FleetStore,
+        executor: StoreExecutor,
+        memfault: MemfaultClient,
+        *,
+        tree: TopicTree,
+        settings: SchedulerConfig,
+        operator_keys: OperatorKeys,
+        publish: Callable[[Outbound], None],
+    ) -> None:
+        self._store = store
+        self._executor = executor
+        self.memfault = memfault
+        self._tree = tree
+        self._settings = settings
+        self._keys = operator_keys
+        self._publish = publish
+        self.registry = RegistryView(store, executor, memfault)
+        self.machines: dict[str, RolloutMachine] = {}
+        self.stats = CoordinatorStats()
+        self.memfault_latency = LatencyHistogram()
+        self.dispatch_latency = LatencyHistogram()
+        self._planning: dict[str, asyncio.Task[None]] = {}
+        self._plans_ready: dict[str, tuple[str, Exception | None]] = {}
+        self._candidates: dict[str, list[Candidate]] = {}
+        self._reconcile: list[tuple[RolloutMachine, Dispatch]] = []
+        self._lease_epoch = 0
+
+    # --- views for metrics -------------------------------------------------------------------
+
+    @property
+    def fleet_view(self) -> FleetGauges:
+        """Fleet gauges as of the last step."""
+        return self.registry.gauges
+
+    def rollouts_by_status(self) -> dict[RolloutStatus, int]:
+        """How many rollouts are in each status."""
+        counts: dict[RolloutStatus, int] = {}
+        for machine in self.machines.values():
+            counts[machine.status] = counts.get(machine.status, 0) + 1
+        return counts
+
+    def in_flight(self) -> int:
+        """Jobs in flight across rollouts."""
+        return sum(len(machine.in_flight()) for machine in self.machines.values())
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """(Re)load every rollout from the store: called when this replica becomes the leader."""
+        records = await self._executor.call(self._store.load_rollouts)
+        self.machines = {
+            record.rollout_id: RolloutMachine.from_snapshot(record.snapshot) for record in records
+        }
+        await self.registry.refresh_gateways()
+        log.info("rollouts loaded", count=len(self.machines))
+
+    async def step(self, lease_epoch: int, now_s: float) -> None:
+        """One scheduler step (see the module docstring)."""
+        self._lease_epoch = lease_epoch
+        now = datetime.fromtimestamp(now_s, UTC)
+        step = _Step()
+        for item in await self._executor.call(self._store.inbox):
+            step.handled.append(item.row_id)
+            try:
+                await self._handle(item, now, step)
+            except (msgspec.DecodeError, msgspec.ValidationError) as error:
+                log.warning("unreadable inbox item", kind=item.kind, error=str(error))
+        self._adopt_plans(now, step)
+        reconcile, self._reconcile = self._reconcile, []
+        for machine, dispatch in reconcile:
+            # The same command again: the agent repeats the result or reports progress (no re-run).
+            known = await self._executor.call(self._store.job_command, dispatch.job_id)
+            if known is not None:
+                step.commands.append(known)
+            else:
+                await self._dispatch(machine, dispatch, now, step)
+        previous = await self.registry.refresh_gateways()
+        await self.registry.refresh_links(now_s, 10.0)
+        self._gateway_changes(previous, now, step)
+        flow = self._flow()
+        for machine in self.machines.values():
+            effects = machine.tick(now, flow)
+            if effects:
+                await self._carry_out(machine, effects, now, step)
+        await self._save_and_publish(step, now, now_s)
+
+    # --- inbox -------------------------------------------------------------------------------
+
+    async def _handle(self, item: InboxItem, now: datetime, step: _Step) -> None:
+        kind, payload = item.kind, item.payload
+        if kind == TopicKind.JOB_RESULT:
+            result = _RESULT_DECODER.decode(payload)
+            for machine in self.machines.values():
+                effects = machine.on_result(
+                    result.job_id, result.outcome, result.reason, result.retryable, now
+                )
+                if effects or machine.device(result.device_serial) is not None:
+                    await self._carry_out(machine, effects, now, step)
+            key = (result.outcome.value, result.reason.value)
+            self.stats.jobs[key] = self.stats.jobs.get(key, 0) + 1
+        elif kind == TopicKind.JOB_PROGRESS:
+            progress = _PROGRESS_DECODER.decode(payload)
+            for machine in self.machines.values():
+                machine.on_progress(progress.job_id, now)
+        elif kind == TopicKind.OPERATOR_REQUEST:
+            request = _REQUEST_DECODER.decode(payload)
+            await self._operator(request, item.reply_topic, item.correlation, now, step)
+
+    async def _operator(
+        self, request: OperatorRequest, reply_topic: str, correlation: bytes, now: datetime, step: _Step
+    ) -> None:
+        reply_topic = reply_topic or self._tree.topic(TopicKind.OPERATOR_REPLY, request_id=request.request_id)
+        previous = await self._executor.call(self._store.reply_for, request.request_id)
+        if previous is not None:
+            # The same request id again: answer as the first time, never act twice.
+            self._publish(Outbound(reply_topic, previous, qos=1, correlation_data=correlation))
+            return
+        op = type(request).__struct_config__.tag
+        status, reason, message = ReplyStatus.ACCEPTED, "", ""
+        refusal = self._keys.refusal(request)
+        if refusal:
+            status, reason = ReplyStatus.REJECTED, refusal
+        else:
+            try:
+                message = await self._apply(request, now, step)
+            except RolloutError as error:
+                status, reason, message = ReplyStatus.REJECTED, error.reason, str(error)
+        reply = OperatorReply(
+            request_id=request.request_id,
+            op=str(op),
+            status=status,
+            reason=reason,
+            message=message[:256],
+            rollout_id=request.rollout_id,
+        )
+        step.replies.append((request.request_id, channels.encode(reply), reply_topic, correlation))
+        step.audit.append(
+            AuditEvent(
+                at=now,
+                actor=request.operator or "operator",
+                action=f"request:{op}:{status}",
+                rollout_id=request.rollout_id,
+                request_id=request.request_id,
+                detail=(reason or message)[:256],
+            )
+        )
+        key = (str(op), status.value)
+        self.stats.operator_requests[key] = self.stats.operator_requests.get(key, 0) + 1
+
+    async def _apply(self, request: OperatorRequest, now: datetime, step: _Step) -> str:
+        rollout_id = request.rollout_id
+        if isinstance(request, CreateRollout):
+            if rollout_id in self.machines:
+                raise RolloutError(f"rollout {rollout_id} exists", reason="rollout_exists")
+            self.machines[rollout_id] = RolloutMachine.create(rollout_id, request.spec, now)
+            step.changed.add(rollout_id)
+            self._start_planning(rollout_id)
+            return "created; the plan follows on the plan topic"
+        machine = self.machines.get(rollout_id)
+        if machine is None:
+            raise RolloutError(f"no rollout {rollout_id}", reason="unknown_rollout")
+        effects: list[Effect]
+        match request:
+            case PreviewRollout():
+                self._start_planning(rollout_id)
+                return "planning; the plan follows on the plan topic"
+            case StartRollout():
+                effects = machine.start(request.plan_id, now)
+            case PauseRollout():
+                effects = machine.pause(request.reason)
+            case ResumeRollout():
+                effects = machine.resume(now)
+            case AbortRollout():
+                effects = machine.abort(request.reason or "aborted by an operator", now)
+            case CancelDevice():
+                effects = machine.cancel_device(request.device_serial)
+            case RetryFailed():
+                effects = machine.retry_failed(list(request.device_serials), now)
+            case _:
+                raise RolloutError("unsupported request", reason="unsupported")
+        await self._carry_out(machine, effects, now, step)
+        step.changed.add(rollout_id)
+        return ""
+
+    # --- planning (in the background: it asks Memfault about every candidate) ------------------
+
+    def _start_planning(self, rollout_id: str) -> None:
+        running = self._planning.get(rollout_id)
+        if running is not None and not running.done():
+            return
+        self._planning[rollout_id] = asyncio.create_task(self._plan(rollout_id), name=f"plan-{rollout_id}")
+
+    async def _plan(self, rollout_id: str) -> None:
+        machine = self.machines[rollout_id]
+        try:
+            candidates = await self.registry.candidates(machine.spec.software_type)
+        except MemfaultUnavailable as error:
+            self._plans_ready[rollout_id] = ("", error)
+            return
+        self._candidates[rollout_id] = candidates
+        self._plans_ready[rollout_id] = (uuid.uuid4().hex[:12], None)
+
+    def _adopt_plans(self, now: datetime, step: _Step) -> None:
+        for rollout_id, (plan_id, error) in list(self._plans_ready.items()):
+            del self._plans_ready[rollout_id]
+            machine = self.machines.get(rollout_id)
+            if machine is None:
+                continue
+            if error is not None:
+                step.audit.append(
+                    AuditEvent(
+                        at=now,
+                        actor="controller",
+                        action="plan_failed",
+                        rollout_id=RolloutId(rollout_id),
+                        detail=str(error)[:256],
+                    )
+                )
+                continue
+            candidates = self._candidates.pop(rollout_id, [])
+            size = self.registry.artifact_sizes.get(machine.spec.target_version, 0)
+            plan = plan_rollout(
+                rollout_id,
+                plan_id,
+                machine.spec,
+                candidates,
+                now,
+                image_size_bytes=size,
+                throughput_bytes_per_s=self._settings.throughput_bytes_per_s,
+                reboot_s=self._settings.reboot_s,
+            )
+            try:
+                effects = machine.set_plan(plan)
+            except RolloutError as refusal:
+                log.info("plan not adopted", rollout=rollout_id, reason=str(refusal))
+                continue
+            self._audit(machine, effects, now, step)
+            step.changed.add(rollout_id)
+            step.plans.add(rollout_id)
+
+    # --- effects -----------------------------------------------------------------------------
+
+    async def _carry_out(
+        self, machine: RolloutMachine, effects: list[Effect], now: datetime, step: _Step
+    ) -> None:
+        step.changed.add(machine.rollout_id)
+        for effect in effects:
+            match effect:
+                case Dispatch():
+                    await self._dispatch(machine, effect, now, step)
+                case Cancel():
+                    command = CancelJob(
+                        job_id=JobId(effect.job_id),
+                        reason=effect.reason[:256],
+                        controller_epoch=self._lease_epoch,
+                    )
+                    topic = self._tree.topic(TopicKind.GATEWAY_COMMAND, gateway_id=effect.gateway_id)
+                    step.commands.append((topic, channels.encode(command)))
+                case GateDecided():
+                    verdict = effect.decision.verdict.value
+                    self.stats.gate_decisions[verdict] = self.stats.gate_decisions.get(verdict, 0) + 1
+                    step.audit.append(
+                        AuditEvent(
+                            at=now,
+                            actor="controller",
+                            action=f"gate:{verdict}",
+                            rollout_id=RolloutId(machine.rollout_id),
+                            detail=effect.decision.reason,
+                        )
+                    )
+                case Audit():
+                    self._audit(machine, [effect], now, step)
+
+    def _audit(self, machine: RolloutMachine, effects: list[Effect], now: datetime, step: _Step) -> None:
+        for effect in effects:
+            if isinstance(effect, Audit):
+                step.audit.append(
+                    AuditEvent(
+                        at=now,
+                        actor="controller",
+                        action=effect.action,
+                        rollout_id=RolloutId(machine.rollout_id),
+                        detail=effect.detail[:256],
+                    )
+                )
+
+    async def _dispatch(
+        self, machine: RolloutMachine, dispatch: Dispatch, now: datetime, step: _Step
+    ) -> None:
+        started = asyncio.get_running_loop().time()
+        resolution = await self.registry.resolve(dispatch.serial)
+        offer = resolution.offer
+        if offer is None and resolution.current_version == machine.spec.target_version:
+            # The device already runs the target (its result was lost, say, when a controller died
+            # between the broker's acknowledgement and the inbox): done, nothing to flash.
+            more = machine.on_result(
+                dispatch.job_id, JobOutcome.SUCCEEDED, ReasonCode.ALREADY_ON_TARGET, False, now
+            )
+            log.info("already on target", device=dispatch.serial, version=resolution.current_version)
+            await self._carry_out(machine, more, now, step)
+            return
+        if offer is None or offer.version != machine.spec.target_version:
+            # Memfault down: the device waits without losing an attempt. Otherwise the release
+            # changed under the rollout: this device is rejected, never flashed with the wrong image.
+            reason = ReasonCode.GATEWAY_BUSY if resolution.transient else ReasonCode.VERSION_MISMATCH
+            outcome = JobOutcome.FAILED if resolution.transient else JobOutcome.REJECTED
+            more = machine.on_result(dispatch.job_id, outcome, reason, resolution.transient, now)
+            log.info("dispatch held", device=dispatch.serial, why=resolution.reason or f"offer {offer}")
+            await self._carry_out(machine, more, now, step)
+            return
+        command = OtaCommand(
+            job_id=JobId(dispatch.job_id),
+            rollout_id=RolloutId(machine.rollout_id),
+            device_serial=DeviceSerial(dispatch.serial),
+            attempt=min(dispatch.attempt, 100),
+            issued_at=now,
+            deadline=dispatch.deadline,
+            artifact=Artifact(
+                url=offer.artifact.url, size_bytes=offer.artifact.size_bytes, sha256=offer.artifact.sha256
+            ),
+            target_version=machine.spec.target_version,
+            allow_downgrade=machine.spec.allow_downgrade,
+            controller_epoch=self._lease_epoch,
+        )
+        topic = self._tree.topic(TopicKind.GATEWAY_COMMAND, gateway_id=dispatch.gateway_id)
+        payload = channels.encode(command)
+        step.commands.append((topic, payload))
+        step.job_commands.append((dispatch.job_id, topic, payload))
+        self.stats.dispatched += 1
+        self.dispatch_latency.observe(asyncio.get_running_loop().time() - started)
+
+    # --- gateways and flow ---------------------------------------------------------------------
+
+    def _gateway_changes(self, previous: Mapping[str, GatewayRecord], now: datetime, step: _Step) -> None:
+        for gateway_id, record in self.registry.gateways.items():
+            before = previous.get(gateway_id)
+            was_online = before is not None and before.online
+            if was_online == record.online or not previous:
+                continue
+            for machine in self.machines.values():
+                effects = (
+                    machine.on_gateway_online(gateway_id, now)
+                    if record.online
+                    else machine.on_gateway_offline(gateway_id, now)
+                )
+                if effects or record.online:
+                    step.changed.add(machine.rollout_id)
+                for effect in effects:
+                    if isinstance(effect, Cancel):
+                        command = CancelJob(
+                            job_id=JobId(effect.job_id),
+                            reason=effect.reason,
+                            controller_epoch=self._lease_epoch,
+                        )
+                        topic = self._tree.topic(TopicKind.GATEWAY_COMMAND, gateway_id=effect.gateway_id)
+                        step.commands.append((topic, channels.encode(command)))
+
+    def _flow(self) -> FlowView:
+        per_gateway: dict[str, int] = {}
+        per_site: dict[str, int] = {}
+        outcomes: dict[str, list[int]] = {}
+        for machine in self.machines.values():
+            for gateway_id in machine.in_flight().values():
+                per_gateway[gateway_id] = per_gateway.get(gateway_id, 0) + 1
+                site = self.registry.gateways[gateway_id].site if gateway_id in self.registry.gateways else ""
+                per_site[site] = per_site.get(site, 0) + 1
+            for gateway_id, (ok, bad) in machine.gateway_record().items():
+                tally = outcomes.setdefault(gateway_id, [0, 0])
+                tally[0] += ok
+                tally[1] += bad
+        success_rate = {gateway_id: ok / (ok + bad) for gateway_id, (ok, bad) in outcomes.items() if ok + bad}
+        return FlowView(
+            in_flight_by_gateway=per_gateway,
+            in_flight_by_site=per_site,
+            success_rate_by_gateway=success_rate,
+            links=self.registry.links,
+        )
+
+    # --- persistence and publication ------------------------------------------------------------
+
+    async def _save_and_publish(self, step: _Step, now: datetime, now_s: float) -> None:
+        if not (
+            step.changed or step.commands or step.audit or step.handled or step.replies or step.job_commands
+        ):
+            return
+        records = [
+            RolloutRecord(
+                rollout_id, self.machines[rollout_id].status.value, self.machines[rollout_id].to_snapshot()
+            )
+            for rollout_id in sorted(step.changed)
+            if rollout_id in self.machines
+        ]
+        audit = [channels.encode(event) for event in step.audit]
+        await self._executor.call(
+            self._store.save_transition,
+            lease_epoch=self._lease_epoch,
+            rollouts=records,
+            commands=step.commands,
+            audit=audit,
+            now_s=now_s,
+            handled_inbox=step.handled,
+            job_commands=step.job_commands,
+            replies=[(request_id, reply) for request_id, reply, _, _ in step.replies],
+        )
+        for record in records:
+            machine = self.machines[record.rollout_id]
+            topic = self._tree.topic(TopicKind.ROLLOUT_STATE, rollout_id=record.rollout_id)
+            self._publish(Outbound(topic, channels.encode(machine.state(now)), qos=1, retain=True))
+            if record.rollout_id in step.plans and machine.plan is not None:
+                plan_topic = self._tree.topic(TopicKind.ROLLOUT_PLAN, rollout_id=record.rollout_id)
+                self._publish(Outbound(plan_topic, channels.encode(machine.plan), qos=1, retain=True))
+        for payload in audit:
+            self._publish(Outbound(self._tree.topic(TopicKind.AUDIT), payload, qos=1))
+        for _, reply, topic, correlation in step.replies:
+            self._publish(Outbound(topic, reply, qos=1, correlation_data=correlation))

@@ -1,0 +1,375 @@
+"""The controller service: joins the MQTT session, the ingest path, the store and the rollout scheduler.
+
+Every replica ingests reports and presence from the shared subscription and queues job events and
+operator requests in the store's inbox; the one replica holding the scheduler lease drains the
+inbox, runs the rollouts and dispatches commands through the store's outbox. Requests get their
+reply from the leader, so a request is acted on once whichever replica received it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from controller.errors import ControllerError, StaleLease, StoreError
+from controller.ingest import Ingest
+from controller.memfault import MemfaultClient
+from controller.metrics import ControllerCollector
+from controller.operator_auth import OperatorKeys
+from controller.rollouts import RolloutCoordinator
+from controller.settings import ControllerSettings
+from controller.store.executor import StoreExecutor
+from controller.store.fleet_store import FleetStore
+from schemas import (
+    ControllerPresence,
+    DeviceCredential,
+    DeviceReport,
+    GatewayPresence,
+    OfflineCause,
+    OperatorReply,
+    RebirthRequest,
+    ReplyStatus,
+    TopicKind,
+    TopicTree,
+    channels,
+    is_valid_id,
+)
+from schemas.topics import Route
+from service_runtime.errors import MqttError
+from service_runtime.mqtt import (
+    Inbound,
+    MqttSession,
+    MqttSettings,
+    Outbound,
+    Rejected,
+    Subscription,
+    TlsSettings,
+)
+from service_runtime.mqtt_firehose import MqttFirehose
+from service_runtime.mqtt_metrics import MqttMetrics
+from service_runtime.systemd import SystemdNotifier
+
+log = structlog.get_logger("mcufleet.controller")
+
+FIREHOSE_WAIT_S = 30.0
+INBOX_KINDS = {TopicKind.JOB_RESULT, TopicKind.JOB_PROGRESS, TopicKind.OPERATOR_REQUEST}
+
+
+class ControllerPresencePayloads:
+    """Birth, will and goodbye of this replica (the birth says whether it leads)."""
+
+    def __init__(self, tree: TopicTree, controller_id: str, is_leader: Callable[[], bool]) -> None:
+        self.topic = tree.topic(TopicKind.CONTROLLER_PRESENCE, controller_id=controller_id)
+        self._controller_id = controller_id
+        self._is_leader = is_leader
+        self._started_at = datetime.now(UTC)
+
+    def _presence(self, epoch: int, online: bool, cause: OfflineCause) -> bytes:
+        return channels.encode(
+            ControllerPresence(
+                controller_id=self._controller_id,  # type: ignore[arg-type]
+                epoch=epoch,
+                online=online,
+                cause=cause,
+                leader=online and self._is_leader(),
+                started_at=self._started_at,
+            )
+        )
+
+    def birth(self, epoch: int) -> bytes:
+        """Online."""
+        return self._presence(epoch, True, OfflineCause.NONE)
+
+    def will(self, epoch: int) -> bytes:
+        """Offline: the connection died."""
+        return self._presence(epoch, False, OfflineCause.WILL)
+
+    def goodbye(self, epoch: int) -> bytes:
+        """Offline: stopped."""
+        return self._presence(epoch, False, OfflineCause.SHUTDOWN)
+
+
+class ControllerService:
+    """One controller replica. `run()` until `stop()`."""
+
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        *,
+        store: FleetStore,
+        memfault: MemfaultClient,
+        registry: CollectorRegistry,
+        notifier: SystemdNotifier | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not is_valid_id(settings.controller_id):
+            raise ControllerError(f"controller_id {settings.controller_id!r} is not a valid id")
+        self.settings = settings
+        self.tree = TopicTree(settings.mqtt.topic_prefix)
+        self.store = store
+        self.executor = StoreExecutor()
+        self._wall_clock = wall_clock
+        self._monotonic = monotonic
+        self._notifier = notifier or SystemdNotifier({})
+        self.lease_epoch: int | None = None
+        self.ingest = Ingest(store, self.executor, request_rebirth=self._request_rebirth, monotonic=monotonic)
+        self.coordinator = RolloutCoordinator(
+            store,
+            self.executor,
+            memfault,
+            tree=self.tree,
+            settings=settings.scheduler,
+            operator_keys=OperatorKeys(settings.operator_keys),
+            publish=self._publish,
+        )
+        mqtt = settings.mqtt
+        share = mqtt.share_group
+        self.mqtt_metrics = MqttMetrics(registry)
+        registry.register(ControllerCollector(self))
+        self.session = MqttSession(
+            MqttSettings(
+                mqtt.host,
+                mqtt.port,
+                settings.controller_id,
+                username=mqtt.username,
+                password=mqtt.password,
+                tls=TlsSettings(mqtt.ca_file, mqtt.cert_file, mqtt.key_file) if mqtt.ca_file else None,
+                keepalive_s=mqtt.keepalive_s,
+                # Replicas on shared subscriptions keep no session: an offline replica must not hold
+                # a share of the messages (the store, not the broker queue, is the truth).
+                session_expiry_s=0,
+                outbox_limit=mqtt.outbox_limit,
+            ),
+            tree=self.tree,
+            subscriptions=[
+                # Presence is not shared: every replica must get the retained presence of every
+                # gateway (a shared subscription receives no retained messages, MQTT 5 §4.8.2).
+                Subscription(self.tree.filter(TopicKind.GATEWAY_PRESENCE), qos=1),
+                *(
+                    Subscription(self.tree.filter(kind), qos=1, share_group=share)
+                    for kind in (
+                        TopicKind.DEVICE_CREDENTIAL,
+                        TopicKind.JOB_PROGRESS,
+                        TopicKind.JOB_RESULT,
+                        TopicKind.OPERATOR_REQUEST,
+                    )
+                ),
+            ],
+            handler=self._on_message,
+            on_rejected=self._on_rejected,
+            metrics=self.mqtt_metrics,
+            presence=ControllerPresencePayloads(
+                self.tree, settings.controller_id, lambda: self.lease_epoch is not None
+            ),
+        )
+        # Device reports are the one high-volume stream (a fleet's rebirth after a broker restart):
+        # they arrive on their own connection and thread.
+        self.firehose = MqttFirehose(
+            MqttSettings(
+                mqtt.host,
+                mqtt.port,
+                f"{settings.controller_id}-reports",
+                username=mqtt.username,
+                password=mqtt.password,
+                tls=TlsSettings(mqtt.ca_file, mqtt.cert_file, mqtt.key_file) if mqtt.ca_file else None,
+                keepalive_s=mqtt.keepalive_s,
+            ),
+            tree=self.tree,
+            subscriptions=[Subscription(self.tree.filter(TopicKind.DEVICE_REPORT), qos=1, share_group=share)],
+            handler=self._on_report,
+            metrics=self.mqtt_metrics,
+        )
+        self._stop = asyncio.Event()
+        self._inbox_ready = asyncio.Event()
+        self._in_flight_commands: set[int] = set()
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this replica holds the scheduler lease."""
+        return self.lease_epoch is not None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until `stop()`."""
+        # Reports first: a rebirth asked for over the session must find the report stream listening.
+        self.ingest.bind(asyncio.get_running_loop())
+        self.firehose.start()
+        await asyncio.to_thread(self.firehose.subscribed.wait, FIREHOSE_WAIT_S)
+        session_task = asyncio.create_task(self.session.run(), name="mqtt-session")
+        tasks = [
+            asyncio.create_task(self.ingest.run(), name="ingest"),
+            asyncio.create_task(self._schedule(), name="scheduler"),
+            asyncio.create_task(self._watchdog(), name="watchdog"),
+        ]
+        try:
+            await self._stop.wait()
+        finally:
+            self._notifier.stopping()
+            # Reports stop arriving first, so the last flush below writes everything received.
+            await asyncio.to_thread(self.firehose.stop)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(StoreError):
+                await self.ingest.flush()
+                await self.executor.call(self.store.release_lease, self.settings.controller_id)
+            await self.session.stop()
+            await session_task
+            self.executor.shutdown()
+
+    async def stop(self) -> None:
+        """Stop gracefully: the lease is released so a standby takes over at once."""
+        self._stop.set()
+
+    async def _watchdog(self) -> None:
+        await self.session.connected.wait()
+        self._notifier.ready(f"controller {self.settings.controller_id} connected")
+        while True:
+            self._notifier.watchdog()
+            await asyncio.sleep(self._notifier.watchdog_interval_s or 30.0)
+
+    # --- inbound -----------------------------------------------------------------------------
+
+    def _on_report(self, route: Route, report: object, retained: bool) -> None:
+        """A device report from the firehose thread (a report must come from the gateway it names)."""
+        if isinstance(report, DeviceReport) and report.gateway_id == route.gateway_id:
+            self.ingest.add_report(report, retained=retained)
+
+    async def _on_message(self, message: Inbound) -> None:
+        payload = message.message
+        kind = message.route.kind
+        if kind is TopicKind.GATEWAY_PRESENCE and isinstance(payload, GatewayPresence):
+            if payload.gateway_id == message.route.gateway_id:
+                await self.ingest.add_presence(payload, self._wall_clock())
+                if message.retain and payload.online:
+                    # Reports on the shared subscription come without their retained copies: a
+                    # controller that just connected asks each live gateway to publish them again.
+                    self.ingest.request_rebirth_once(payload.gateway_id)
+        elif kind is TopicKind.DEVICE_CREDENTIAL and isinstance(payload, DeviceCredential):
+            if payload.gateway_id == message.route.gateway_id:
+                await self.ingest.add_credential(payload)
+        elif kind in INBOX_KINDS:
+            await self.executor.call(
+                self.store.add_to_inbox,
+                kind.value,
+                channels.encode(payload) if not isinstance(payload, bytes) else payload,  # type: ignore[arg-type]
+                message.response_topic,
+                message.correlation_data,
+                self._wall_clock(),
+            )
+            self._inbox_ready.set()
+
+    async def _on_rejected(self, rejected: Rejected) -> None:
+        """Answer a malformed operator request on its reply topic (there is nobody else to tell)."""
+        if rejected.route is None or rejected.route.kind is not TopicKind.OPERATOR_REQUEST:
+            return
+        reply = OperatorReply(
+            request_id="",
+            status=ReplyStatus.REJECTED,
+            reason="invalid_payload",
+            message=str(rejected.error)[:256],
+        )
+        if rejected.response_topic:
+            self._publish(
+                Outbound(
+                    rejected.response_topic,
+                    channels.encode(reply),
+                    qos=1,
+                    correlation_data=rejected.correlation_data,
+                )
+            )
+
+    def _request_rebirth(self, gateway_id: str) -> None:
+        topic = self.tree.topic(TopicKind.GATEWAY_COMMAND, gateway_id=gateway_id)
+        self._publish(Outbound(topic, channels.encode(RebirthRequest(reason="report sequence gap")), qos=1))
+
+    # --- scheduling (leader only) ------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        interval_s = self.settings.scheduler.tick_interval_s
+        while True:
+            await self._lead_or_stand_by()
+            if self.lease_epoch is not None:
+                try:
+                    await self.coordinator.step(self.lease_epoch, self._wall_clock())
+                    await self._publish_outbox()
+                except StaleLease as error:
+                    log.warning("lost the lease while scheduling", error=str(error))
+                    self._lose_lease()
+                except StoreError as error:
+                    log.warning("store failed during a scheduler step", error=str(error))
+            self._inbox_ready.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._inbox_ready.wait(), interval_s)
+
+    async def _lead_or_stand_by(self) -> None:
+        settings = self.settings.scheduler
+        try:
+            epoch = await self.executor.call(
+                self.store.acquire_lease,
+                self.settings.controller_id,
+                self._wall_clock(),
+                settings.lease_ttl_s,
+            )
+        except StoreError as error:
+            log.warning("cannot reach the store for the lease", error=str(error))
+            self._lose_lease()
+            return
+        if epoch is None:
+            self._lose_lease()
+            return
+        if epoch != self.lease_epoch:
+            log.info("became the scheduler", epoch=epoch, previous=self.lease_epoch)
+            self.lease_epoch = epoch
+            self._in_flight_commands.clear()
+            await self.coordinator.load()
+            self._republish_birth()
+
+    def _lose_lease(self) -> None:
+        if self.lease_epoch is not None:
+            log.info("no longer the scheduler", epoch=self.lease_epoch)
+            self.lease_epoch = None
+            self._republish_birth()
+
+    def _republish_birth(self) -> None:
+        try:
+            self.session.refresh_birth()
+        except MqttError as error:
+            log.warning("cannot republish the birth", error=str(error))
+
+    async def _publish_outbox(self) -> None:
+        for command in await self.executor.call(self.store.pending_commands):
+            if command.row_id in self._in_flight_commands:
+                continue
+            self._in_flight_commands.add(command.row_id)
+            self._publish(
+                Outbound(
+                    command.topic, command.payload, qos=1, on_acknowledged=self._acknowledger(command.row_id)
+                )
+            )
+
+    def _acknowledger(self, row_id: int) -> Callable[[], None]:
+        def acknowledge() -> None:
+            asyncio.get_running_loop().create_task(self._acknowledge(row_id))
+
+        return acknowledge
+
+    async def _acknowledge(self, row_id: int) -> None:
+        with contextlib.suppress(StoreError):
+            await self.executor.call(self.store.acknowledge_command, row_id)
+        self._in_flight_commands.discard(row_id)
+
+    def _publish(self, message: Outbound) -> None:
+        try:
+            self.session.publish(message)
+        except MqttError as error:
+            # Counted by the session; commands stay in the store's outbox and are sent again.
+            log.warning("message not queued", topic=message.topic, error=str(error))

@@ -1,0 +1,83 @@
+"""The controller's configuration: `controller.toml` plus `MCUFLEET_CONTROLLER__...` overrides."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class MqttConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The broker; replicas share the ingest subscriptions through `share_group`."""
+
+    host: str = "127.0.0.1"
+    port: Port = 1883
+    username: str = "controller"
+    password: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    keepalive_s: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 30
+    topic_prefix: str = "mcufleet/v1"
+    share_group: str = "controllers"
+    outbox_limit: Annotated[int, msgspec.Meta(ge=10)] = 200_000
+
+
+class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where state lives: `sqlite:///path` (default) or a `postgresql://` DSN."""
+
+    url: str = "sqlite:///var/lib/mcufleet/controller.sqlite3"
+
+
+class MemfaultConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The Memfault releases API (the cloud emulator's URL in tests and the demo)."""
+
+    base_url: str = "https://api.memfault.com"
+    cache_ttl_s: PositiveSeconds = 600.0
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=256)] = 8
+    requests_per_s: PositiveSeconds = 20.0
+    timeout_s: PositiveSeconds = 10.0
+
+
+class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where `/metrics` is served."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 9465
+
+
+class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Log level and format."""
+
+    level: str = "info"
+    json: bool = True
+
+
+class SchedulerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Leadership and scheduling cadence."""
+
+    tick_interval_s: PositiveSeconds = 1.0
+    lease_ttl_s: PositiveSeconds = 10.0
+    device_ttl_s: PositiveSeconds = 1800.0
+    """A device unheard for this long is unreachable (never failed)."""
+    throughput_bytes_per_s: PositiveSeconds = 20_000.0
+    """Assumed per-device upload goodput for plan estimates until measured."""
+    reboot_s: PositiveSeconds = 30.0
+
+
+class ControllerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Everything the controller reads from its config."""
+
+    controller_id: str = "controller-1"
+    mqtt: MqttConfig = MqttConfig()
+    store: StoreConfig = StoreConfig()
+    memfault: MemfaultConfig = MemfaultConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    log: LogConfig = LogConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    operator_keys: dict[str, str] = msgspec.field(default_factory=dict)
+    """Operator key id -> base64 Ed25519 public key; when set, requests must be signed."""

@@ -1,0 +1,1 @@
+"""The controller's durable state on SQLite (default) or PostgreSQL, behind one `FleetStore`."""

@@ -1,0 +1,115 @@
+"""The controller's tables, written once for both SQLite and PostgreSQL (types differ by dialect).
+
+Migrations are numbered and applied in order inside a transaction; `schema_version` records the
+last one applied, so a controller of a newer version upgrades the database on start.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+
+class Dialect(enum.StrEnum):
+    """The SQL dialects the store speaks."""
+
+    SQLITE = "sqlite"
+    POSTGRES = "postgres"
+
+
+_TYPES: Final = {
+    Dialect.SQLITE: {"BLOB": "BLOB", "SERIAL": "INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT": "INTEGER"},
+    Dialect.POSTGRES: {"BLOB": "BYTEA", "SERIAL": "BIGSERIAL PRIMARY KEY", "BIGINT": "BIGINT"},
+}
+
+MIGRATIONS: Final[tuple[str, ...]] = (
+    """
+    CREATE TABLE gateway (
+        gateway_id TEXT PRIMARY KEY,
+        epoch {BIGINT} NOT NULL,
+        online BOOLEAN NOT NULL,
+        cause TEXT NOT NULL,
+        site TEXT NOT NULL,
+        agent_version TEXT NOT NULL,
+        device_count INTEGER NOT NULL,
+        changed_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE device (
+        serial TEXT PRIMARY KEY,
+        hardware_version TEXT NOT NULL,
+        software_type TEXT NOT NULL,
+        current_version TEXT NOT NULL,
+        memfault TEXT NOT NULL,
+        key_fingerprint TEXT NOT NULL,
+        report {BLOB} NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE device_link (
+        serial TEXT NOT NULL,
+        gateway_id TEXT NOT NULL,
+        epoch {BIGINT} NOT NULL,
+        seq {BIGINT} NOT NULL,
+        rssi_dbm INTEGER,
+        reachable BOOLEAN NOT NULL,
+        seen_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (serial, gateway_id)
+    );
+    CREATE INDEX device_link_gateway ON device_link (gateway_id);
+    CREATE TABLE credential (
+        serial TEXT PRIMARY KEY,
+        project_key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL
+    );
+    CREATE TABLE rollout (
+        rollout_id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        snapshot {BLOB} NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE command_outbox (
+        id {SERIAL},
+        topic TEXT NOT NULL,
+        payload {BLOB} NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE audit (
+        id {SERIAL},
+        at DOUBLE PRECISION NOT NULL,
+        event {BLOB} NOT NULL
+    );
+    CREATE TABLE lease (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        epoch {BIGINT} NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    INSERT INTO lease (name, holder, epoch, expires_at) VALUES ('scheduler', '', 0, 0);
+    """,
+    """
+    CREATE TABLE inbox (
+        id {SERIAL},
+        kind TEXT NOT NULL,
+        payload {BLOB} NOT NULL,
+        reply_topic TEXT NOT NULL,
+        correlation {BLOB} NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE job_command (
+        job_id TEXT PRIMARY KEY,
+        topic TEXT NOT NULL,
+        payload {BLOB} NOT NULL
+    );
+    CREATE TABLE operator_reply (
+        request_id TEXT PRIMARY KEY,
+        reply {BLOB} NOT NULL,
+        at DOUBLE PRECISION NOT NULL
+    );
+    """,
+)
+
+
+def migration_statements(index: int, dialect: Dialect) -> list[str]:
+    """The statements of migration `index` for `dialect`."""
+    text = MIGRATIONS[index].format(**_TYPES[dialect])
+    return [statement.strip() for statement in text.split(";") if statement.strip()]

@@ -1,0 +1,1 @@
+"""The `mcufleet` command line: one entry point that dispatches to each process's composition root."""

@@ -1,0 +1,5 @@
+"""Allows `python -m mcufleet`."""
+
+from mcufleet.cli import main
+
+raise SystemExit(main())

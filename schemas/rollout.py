@@ -1,0 +1,252 @@
+"""Rollouts as operators define them and as the controller publishes them: spec, plan, state, audit."""
+
+import enum
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+
+from schemas.ids import (
+    DeviceSerialField,
+    GatewayIdField,
+    RequestIdField,
+    RolloutIdField,
+    ShortText,
+    Version,
+)
+
+Percent = Annotated[float, msgspec.Meta(gt=0, le=100)]
+Ratio = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=30 * 24 * 3600)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]
+NameList = Annotated[list[ShortText], msgspec.Meta(max_length=10_000)]
+
+
+class Selector(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which devices a rollout may touch; empty lists mean "any"."""
+
+    hardware_versions: NameList = msgspec.field(default_factory=list)
+    current_versions: NameList = msgspec.field(default_factory=list)
+    gateways: list[GatewayIdField] = msgspec.field(default_factory=list)
+    sites: NameList = msgspec.field(default_factory=list)
+    serial_allow: list[DeviceSerialField] = msgspec.field(default_factory=list)
+    serial_deny: list[DeviceSerialField] = msgspec.field(default_factory=list)
+
+
+class WaveSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One wave: a cumulative share of the eligible devices, then a soak before the next wave."""
+
+    percent: Percent | None = None
+    """Cumulative share of eligible devices covered once this wave is done."""
+    count: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] | None = None
+    """Devices added by this wave (instead of `percent`)."""
+    soak_s: Seconds = 0.0
+
+
+class GateAction(enum.StrEnum):
+    """What a tripped failure gate does."""
+
+    PAUSE = "pause"
+    ABORT = "abort"
+
+
+class GateSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """When a wave may be promoted and when a rollout must stop."""
+
+    success_threshold: Ratio = 0.95
+    """Share of attempted devices that must succeed before promotion."""
+    min_sample: Count = 1
+    failure_threshold: Ratio = 0.2
+    """Failure rate whose lower confidence bound trips the gate."""
+    failure_min_sample: Count = 3
+    confidence: Annotated[float, msgspec.Meta(gt=0.5, lt=1)] = 0.9
+    on_failure: GateAction = GateAction.PAUSE
+
+
+class RetrySpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Per-device retries of retryable failures."""
+
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
+    backoff_s: Seconds = 30.0
+    backoff_factor: Annotated[float, msgspec.Meta(ge=1, le=10)] = 2.0
+
+
+class FlowSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How fast jobs start."""
+
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 50
+    max_in_flight_per_gateway: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    max_in_flight_per_site: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
+    starts_per_minute: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] | None = None
+    ramp_initial_in_flight: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    """When set, the in-flight cap starts here and doubles after each success until the cap."""
+
+
+class MaintenanceWindow(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A recurring window in which jobs may start (cron in the given time zone)."""
+
+    cron: Annotated[str, msgspec.Meta(min_length=9, max_length=128)]
+    duration_s: Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)]
+    timezone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"
+
+
+class PhaseDeadlines(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A job without progress for longer than its phase allows is TIMED_OUT."""
+
+    job_total_s: Seconds = 3600.0
+    no_progress_s: Seconds = 300.0
+
+
+class RolloutSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What an operator asks for: bring the selected devices of one software type to one release."""
+
+    software_type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    target_version: Version
+    selector: Selector = msgspec.field(default_factory=Selector)
+    waves: Annotated[list[WaveSpec], msgspec.Meta(min_length=1, max_length=20)] = msgspec.field(
+        default_factory=lambda: [WaveSpec(percent=100.0)]
+    )
+    gates: GateSpec = msgspec.field(default_factory=GateSpec)
+    retry: RetrySpec = msgspec.field(default_factory=RetrySpec)
+    flow: FlowSpec = msgspec.field(default_factory=FlowSpec)
+    windows: Annotated[list[MaintenanceWindow], msgspec.Meta(max_length=16)] = msgspec.field(
+        default_factory=list
+    )
+    deadlines: PhaseDeadlines = msgspec.field(default_factory=PhaseDeadlines)
+    allow_downgrade: bool = False
+
+
+class RolloutStatus(enum.StrEnum):
+    """Lifecycle of a rollout."""
+
+    CREATED = "created"
+    PLANNED = "planned"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+
+
+class DeviceJobState(enum.StrEnum):
+    """Where one device stands in a rollout."""
+
+    PENDING = "pending"
+    WAITING = "waiting"
+    """Waiting for a radio slot, a window or a backoff: consumes no attempt."""
+    IN_FLIGHT = "in_flight"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+    REVERTED = "reverted"
+    CANCELED = "canceled"
+    UNREACHABLE = "unreachable"
+
+
+class PlannedDevice(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """One device in a plan: serial, the gateway chosen for it, hardware version."""
+
+    device_serial: DeviceSerialField
+    gateway_id: GatewayIdField
+    hardware_version: ShortText
+
+
+class PlannedWave(msgspec.Struct, frozen=True, kw_only=True):
+    """One wave of a plan."""
+
+    index: int
+    devices: list[PlannedDevice]
+    soak_s: float = 0.0
+
+
+class ExcludedDevice(msgspec.Struct, frozen=True, kw_only=True):
+    """A device the selector matched but the plan leaves out, with the reason."""
+
+    device_serial: DeviceSerialField
+    reason: ShortText
+
+
+class RolloutPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """The preview (dry run) of a rollout: starting it names this plan's id (retained)."""
+
+    rollout_id: RolloutIdField
+    plan_id: ShortText
+    created_at: datetime
+    software_type: ShortText
+    target_version: ShortText
+    waves: list[PlannedWave]
+    excluded: list[ExcludedDevice] = msgspec.field(default_factory=list)
+    image_size_bytes: int = 0
+    estimated_duration_s: float = 0.0
+
+
+class StateCounts(msgspec.Struct, frozen=True, kw_only=True):
+    """Devices per job state."""
+
+    pending: int = 0
+    waiting: int = 0
+    in_flight: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    rejected: int = 0
+    timed_out: int = 0
+    reverted: int = 0
+    canceled: int = 0
+    unreachable: int = 0
+
+
+class GateVerdict(enum.StrEnum):
+    """A gate's decision."""
+
+    WAIT = "wait"
+    PROMOTE = "promote"
+    PAUSE = "pause"
+    ABORT = "abort"
+
+
+class GateDecision(msgspec.Struct, frozen=True, kw_only=True):
+    """A gate evaluation that changed something."""
+
+    at: datetime
+    wave: int
+    verdict: GateVerdict
+    reason: ShortText = ""
+    attempted: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    failure_lower_bound: float = 0.0
+
+
+class WaveState(msgspec.Struct, frozen=True, kw_only=True):
+    """Counts of one wave."""
+
+    index: int
+    size: int
+    counts: StateCounts
+
+
+class RolloutState(msgspec.Struct, frozen=True, kw_only=True):
+    """The controller's retained view of a rollout, republished on every change."""
+
+    rollout_id: RolloutIdField
+    status: RolloutStatus
+    software_type: ShortText
+    target_version: ShortText
+    plan_id: ShortText = ""
+    current_wave: int = 0
+    waves: list[WaveState] = msgspec.field(default_factory=list)
+    counts: StateCounts = msgspec.field(default_factory=StateCounts)
+    gate_decisions: list[GateDecision] = msgspec.field(default_factory=list)
+    paused_reason: ShortText = ""
+    updated_at: datetime
+
+
+class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of the append-only audit log: an operator command or a rollout transition."""
+
+    at: datetime
+    actor: ShortText
+    action: ShortText
+    rollout_id: RolloutIdField | None = None
+    request_id: RequestIdField | None = None
+    detail: ShortText = ""

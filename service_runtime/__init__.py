@@ -1,0 +1,1 @@
+"""Runtime shared by the agent and the controller: MQTT session, metrics server, config, logging."""

@@ -1,0 +1,1 @@
+"""A simulated world: SMP devices over UDP with MCUboot semantics and a Memfault cloud emulator."""

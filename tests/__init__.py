@@ -1,0 +1,1 @@
+"""The mcufleet test suite."""

@@ -1,0 +1,184 @@
+"""The fleet store, run on SQLite and on a real PostgreSQL: registry rules, outbox, audit, lease fencing."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import conninfo
+
+from controller.errors import StaleLease
+from controller.store.database import PostgresDatabase, SqliteDatabase
+from controller.store.fleet_store import FleetStore, RolloutRecord
+from schemas import (
+    DeviceReport,
+    DeviceSerial,
+    GatewayId,
+    GatewayPresence,
+    OfflineCause,
+    Reachability,
+    Transport,
+)
+
+AT = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FleetStore]:
+    """A migrated store on each backend (a private PostgreSQL schema per test)."""
+    if request.param == "sqlite":
+        instance = FleetStore(SqliteDatabase(tmp_path / "controller.sqlite3"))
+        instance.migrate()
+        yield instance
+        instance.db.close()
+        return
+    dsn: str = request.getfixturevalue("postgres_dsn")
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    instance = FleetStore(PostgresDatabase(conninfo.make_conninfo(dsn, options=f"-c search_path={schema}")))
+    instance.migrate()
+    yield instance
+    instance.db.close()
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def report(
+    gateway: str, serial: str, *, epoch: int = 1, seq: int = 1, version: str = "1.0.0", rssi: int = -60
+) -> DeviceReport:
+    return DeviceReport(
+        gateway_id=GatewayId(gateway),
+        epoch=epoch,
+        seq=seq,
+        device_serial=DeviceSerial(serial),
+        hardware_version="nrf52840dk",
+        software_type="app",
+        current_version=version,
+        transport=Transport.UDP,
+        address="127.0.0.2:1337",
+        rssi_dbm=rssi,
+        seen_at=AT.replace(second=seq % 60),
+    )
+
+
+def test_migrate_twice_is_harmless(store: FleetStore) -> None:
+    """Migrations are recorded and not applied again."""
+    store.migrate()
+    assert store.counts() == (0, 0)
+
+
+def test_reports_are_applied_and_links_kept_per_gateway(store: FleetStore) -> None:
+    """Two gateways hearing one device give one device with two links."""
+    assert store.apply_reports([report("gw-1", "S1", rssi=-50), report("gw-2", "S1", rssi=-70)]) == 2
+    (device,) = store.devices()
+    assert device.serial == "S1" and device.current_version == "1.0.0"
+    assert sorted((link.gateway_id, link.rssi_dbm) for link in device.links) == [("gw-1", -50), ("gw-2", -70)]
+
+
+def test_stale_reports_never_overwrite_newer_ones(store: FleetStore) -> None:
+    """An older epoch, or an older sequence within an epoch, is ignored."""
+    store.apply_reports([report("gw-1", "S1", epoch=2, seq=5, rssi=-40)])
+    store.apply_reports([report("gw-1", "S1", epoch=1, seq=9, rssi=-90)])
+    store.apply_reports([report("gw-1", "S1", epoch=2, seq=4, rssi=-91)])
+    (device,) = store.devices()
+    assert device.links[0].rssi_dbm == -40
+    store.apply_reports([report("gw-1", "S1", epoch=3, seq=1, rssi=-55)])
+    assert store.devices()[0].links[0].rssi_dbm == -55
+
+
+def test_lost_reports_mark_the_link_unreachable(store: FleetStore) -> None:
+    """A lost report keeps the device but marks that gateway's link unreachable."""
+    store.apply_reports([report("gw-1", "S1", seq=1)])
+    lost = report("gw-1", "S1", seq=2)
+    store.apply_reports(
+        [
+            DeviceReport(
+                **{**{f: getattr(lost, f) for f in lost.__struct_fields__}, "reachability": Reachability.LOST}
+            )
+        ]
+    )
+    (device,) = store.devices()
+    assert device.links[0].reachable is False
+
+
+def test_presence_follows_the_epoch_rule(store: FleetStore) -> None:
+    """A newer birth wins; an older will is ignored; a will of the current epoch ends it."""
+
+    def presence(epoch: int, online: bool) -> GatewayPresence:
+        cause = OfflineCause.NONE if online else OfflineCause.WILL
+        return GatewayPresence(gateway_id=GatewayId("gw-1"), epoch=epoch, online=online, cause=cause)
+
+    assert store.apply_presence(presence(2, True), 1.0)
+    assert not store.apply_presence(presence(1, False), 2.0)
+    assert store.gateways()[0].online
+    assert store.apply_presence(presence(2, False), 3.0)
+    assert not store.gateways()[0].online
+
+
+def test_transition_outbox_and_audit_are_saved_together(store: FleetStore) -> None:
+    """A snapshot, its commands and audit lines land atomically; acknowledged commands go away."""
+    epoch = store.acquire_lease("ctl-a", now_s=0.0, ttl_s=10.0)
+    assert epoch is not None
+    pending = store.save_transition(
+        lease_epoch=epoch,
+        rollouts=[RolloutRecord("r1", "running", b"snap")],
+        commands=[("t/1", b"c1"), ("t/2", b"c2")],
+        audit=[b'{"a":1}'],
+        now_s=1.0,
+    )
+    assert [p.topic for p in store.pending_commands()] == ["t/1", "t/2"]
+    store.acknowledge_command(pending[0].row_id)
+    assert [p.payload for p in store.pending_commands()] == [b"c2"]
+    assert store.load_rollouts() == [RolloutRecord("r1", "running", b"snap")]
+    assert store.audit_events() == [b'{"a":1}']
+
+
+def test_a_fenced_leader_cannot_write(store: FleetStore) -> None:
+    """Once another controller takes the expired lease, the former leader's writes are refused."""
+    old = store.acquire_lease("ctl-a", now_s=0.0, ttl_s=5.0)
+    assert store.acquire_lease("ctl-b", now_s=1.0, ttl_s=5.0) is None
+    new = store.acquire_lease("ctl-b", now_s=6.0, ttl_s=5.0)
+    assert old is not None and new is not None and new > old
+    with pytest.raises(StaleLease):
+        store.save_transition(
+            lease_epoch=old, rollouts=[RolloutRecord("r", "running", b"x")], commands=[], audit=[], now_s=7.0
+        )
+    assert store.load_rollouts() == []
+    store.release_lease("ctl-b")
+    assert store.acquire_lease("ctl-a", now_s=7.0, ttl_s=5.0) == new + 1
+
+
+def test_credentials_are_stored_for_memfault_queries(store: FleetStore) -> None:
+    """Project keys are kept by serial and updated in place."""
+    store.save_credential("S1", "key-1", "fp1")
+    store.save_credential("S1", "key-2", "fp2")
+    assert store.project_keys() == {"S1": "key-2"}
+
+
+def test_inbox_items_leave_with_the_transition_that_handled_them(store: FleetStore) -> None:
+    """Events wait in the inbox until a saved transition names them; replies are kept by request id."""
+    store.add_to_inbox("job_result", b"r1", "", b"", 1.0)
+    store.add_to_inbox("operator_request", b"q1", "reply/topic", b"corr", 2.0)
+    items = store.inbox()
+    assert [(i.kind, i.payload, i.reply_topic, i.correlation) for i in items] == [
+        ("job_result", b"r1", "", b""),
+        ("operator_request", b"q1", "reply/topic", b"corr"),
+    ]
+    epoch = store.acquire_lease("ctl-a", now_s=0.0, ttl_s=10.0)
+    assert epoch is not None
+    store.save_transition(
+        lease_epoch=epoch,
+        rollouts=[],
+        commands=[],
+        audit=[],
+        now_s=3.0,
+        handled_inbox=[items[0].row_id],
+        replies=[("req-1", b"accepted")],
+    )
+    assert [i.payload for i in store.inbox()] == [b"q1"]
+    assert store.reply_for("req-1") == b"accepted" and store.reply_for("req-2") is None

@@ -1,0 +1,1 @@
+"""End-to-end tests: real broker, simulated devices over UDP, the cloud emulator, real processes."""

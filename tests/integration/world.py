@@ -1,0 +1,387 @@
+"""A small simulated world for end-to-end tests: devices, a Memfault emulator, a broker, agents.
+
+`ControllerProbe` stands in for the controller where a test drives the agent directly: it publishes
+commands exactly as the contract describes and collects results, progress and reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiomqtt
+import httpx
+import msgspec
+from prometheus_client import CollectorRegistry
+
+from agent.device_link import DeviceLink, udp_link
+from agent.service import AgentService
+from agent.settings import (
+    AgentSettings,
+    DiscoveryConfig,
+    DownloadConfig,
+    JobsConfig,
+    MetricsConfig,
+    MqttConfig,
+    UdpDevice,
+)
+from controller.memfault import MemfaultClient, MemfaultSettings
+from controller.service import ControllerService
+from controller.settings import ControllerSettings, MemfaultConfig, SchedulerConfig, StoreConfig
+from controller.settings import MetricsConfig as ControllerMetrics
+from controller.settings import MqttConfig as ControllerMqtt
+from controller.store.opening import open_store
+from schemas import (
+    Artifact,
+    DeviceReport,
+    DeviceSerial,
+    JobId,
+    JobProgress,
+    JobResult,
+    OtaCommand,
+    TopicKind,
+    TopicTree,
+    channels,
+)
+from service_runtime.mqtt import Inbound, MqttSession, MqttSettings, Outbound, Subscription
+from service_runtime.mqtt_metrics import MqttMetrics
+from simulator.cloud import CloudEmulator
+from simulator.device import FirmwareOptions
+from simulator.fleet import DeviceSpec, Fleet, firmware_image
+from simulator.server import FleetServer
+from tests.harness.broker import MosquittoBroker
+
+TREE = TopicTree()
+WAIT_S = 30.0
+FAST_FIRMWARE = FirmwareOptions(reset_delay_s=0.01, boot_time_s=0.05, swap_time_s=0.05)
+PROJECT_KEY = "project-key-1"
+HARDWARE = "nrf52840dk"
+
+
+def fleet_of(serials: list[str], *, version: str = "1.0.0") -> Fleet:
+    """Devices on a fast loopback link with quick reboots."""
+    return Fleet(
+        tuple(
+            DeviceSpec(
+                s,
+                image_version=version,
+                firmware=FAST_FIRMWARE,
+                project_key=PROJECT_KEY,
+                hardware_version=HARDWARE,
+            )
+            for s in serials
+        )
+    )
+
+
+def agent_settings(
+    gateway_id: str, broker: MosquittoBroker, state_dir: Path, endpoints: list[tuple[str, int]]
+) -> AgentSettings:
+    """An agent config for the test world (downloads from loopback allowed, short timeouts)."""
+    return AgentSettings(
+        gateway_id=gateway_id,
+        state_dir=str(state_dir),
+        mqtt=MqttConfig(host=broker.host, port=broker.port),
+        metrics=MetricsConfig(enabled=False),
+        discovery=DiscoveryConfig(refresh_interval_s=60.0, retry_interval_s=0.5, smp_timeout_s=1.0),
+        udp_devices=tuple(UdpDevice(host, port) for host, port in endpoints),
+        jobs=JobsConfig(first_chunk_timeout_s=5.0, chunk_timeout_s=1.0, reboot_timeout_s=15.0),
+        downloads=DownloadConfig(allowed_hosts=("127.0.0.1",), allow_http=True, allow_private_addresses=True),
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_agent(settings: AgentSettings) -> AsyncIterator[AgentService]:
+    """An AgentService running in this process until the block ends."""
+    async with httpx.AsyncClient(follow_redirects=False) as http:
+        service = AgentService(
+            settings,
+            registry=CollectorRegistry(),
+            http=http,
+            make_udp_link=lambda device: udp_link(device.host, device.port, timeout_s=1.0),
+        )
+        task = asyncio.create_task(service.run())
+        try:
+            await asyncio.wait_for(service.session.connected.wait(), WAIT_S)
+            yield service
+        finally:
+            await service.stop()
+            await asyncio.wait_for(task, WAIT_S)
+
+
+@dataclass
+class ControllerProbe:
+    """Publishes commands like the controller and records what gateways say."""
+
+    session: MqttSession
+    results: dict[str, JobResult] = field(default_factory=dict)
+    progress: list[JobProgress] = field(default_factory=list)
+    reports: dict[str, DeviceReport] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def on_message(self, message: Inbound) -> None:
+        payload = message.message
+        if isinstance(payload, JobResult):
+            self.results[payload.job_id] = payload
+        elif isinstance(payload, JobProgress):
+            self.progress.append(payload)
+        elif isinstance(payload, DeviceReport):
+            self.reports[payload.device_serial] = payload
+        self.changed.set()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+    def send(self, gateway_id: str, command: object) -> None:
+        topic = TREE.topic(TopicKind.GATEWAY_COMMAND, gateway_id=gateway_id)
+        payload = command if isinstance(command, bytes) else channels.encode(command)  # type: ignore[arg-type]
+        self.session.publish(Outbound(topic, payload, qos=1))
+
+
+@contextlib.asynccontextmanager
+async def controller_probe(broker: MosquittoBroker) -> AsyncIterator[ControllerProbe]:
+    """A probe subscribed to every gateway's results, progress and reports."""
+    holder: list[ControllerProbe] = []
+
+    async def handle(message: Inbound) -> None:
+        await holder[0].on_message(message)
+
+    session = MqttSession(
+        MqttSettings(broker.host, broker.port, "probe-controller", session_expiry_s=0),
+        tree=TREE,
+        subscriptions=[
+            Subscription(TREE.filter(kind))
+            for kind in (TopicKind.JOB_RESULT, TopicKind.JOB_PROGRESS, TopicKind.DEVICE_REPORT)
+        ],
+        handler=handle,
+        metrics=MqttMetrics(CollectorRegistry()),
+    )
+    probe = ControllerProbe(session)
+    holder.append(probe)
+    task = asyncio.create_task(session.run())
+    try:
+        await asyncio.wait_for(session.connected.wait(), WAIT_S)
+        yield probe
+    finally:
+        await session.stop()
+        await asyncio.wait_for(task, WAIT_S)
+
+
+@dataclass
+class Release:
+    """A release in the emulator and the command fields that point at it."""
+
+    version: str
+    image: bytes
+    url: str
+
+    @property
+    def artifact(self) -> Artifact:
+        import hashlib  # noqa: PLC0415 (local: only this property needs it)
+
+        return Artifact(
+            url=self.url, size_bytes=len(self.image), sha256=hashlib.sha256(self.image).hexdigest()
+        )
+
+
+def publish_release(cloud: CloudEmulator, version: str, payload_size_bytes: int = 24_000) -> Release:
+    """Add and activate a release whose artifact is a real MCUboot image of `version`."""
+    image = firmware_image(version, payload_size_bytes)
+    with contextlib.suppress(Exception):
+        cloud.add_project(PROJECT_KEY)
+    release = cloud.add_release(PROJECT_KEY, version, {HARDWARE: image})
+    cloud.activate(PROJECT_KEY, version)
+    return Release(version, image, cloud.artifact_url(release.artifacts[0].id))
+
+
+def ota_command(
+    job_id: str,
+    serial: str,
+    release: Release,
+    *,
+    deadline_s: float = 120.0,
+    artifact: Artifact | None = None,
+    attempt: int = 1,
+) -> OtaCommand:
+    """A command as the controller would send it."""
+    now = datetime.now(UTC)
+    return OtaCommand(
+        job_id=JobId(job_id),
+        device_serial=DeviceSerial(serial),
+        attempt=attempt,
+        issued_at=now,
+        deadline=now + timedelta(seconds=deadline_s),
+        artifact=artifact or release.artifact,
+        target_version=release.version,
+    )
+
+
+@contextlib.asynccontextmanager
+async def simulated_devices(serials: list[str]) -> AsyncIterator[FleetServer]:
+    """Devices running 1.0.0, each on its own loopback port."""
+    async with FleetServer(fleet_of(serials), base_host="127.0.0.1", port_per_device=True) as server:
+        yield server
+
+
+def link_to(server: FleetServer, serial: str) -> DeviceLink:
+    """A UDP link to one simulated device."""
+    host, port = server.endpoints[serial]
+    return udp_link(host, port, timeout_s=1.0)
+
+
+@contextlib.asynccontextmanager
+async def running_controller(
+    broker: MosquittoBroker,
+    cloud_url: str,
+    store_url: str,
+    controller_id: str = "controller-1",
+    operator_keys: dict[str, str] | None = None,
+    **scheduler: float,
+) -> AsyncIterator[ControllerService]:
+    """A ControllerService in this process, on its own store, talking to the cloud emulator."""
+    settings = ControllerSettings(
+        controller_id=controller_id,
+        mqtt=ControllerMqtt(host=broker.host, port=broker.port, username=""),
+        store=StoreConfig(url=store_url),
+        memfault=MemfaultConfig(base_url=cloud_url, requests_per_s=1000.0),
+        metrics=ControllerMetrics(enabled=False),
+        scheduler=SchedulerConfig(**{"tick_interval_s": 0.2, "lease_ttl_s": 5.0, **scheduler}),
+        operator_keys=operator_keys or {},
+    )
+    store = open_store(store_url)
+    async with httpx.AsyncClient() as http:
+        service = ControllerService(
+            settings,
+            store=store,
+            memfault=MemfaultClient(MemfaultSettings(base_url=cloud_url, requests_per_s=1000.0), http),
+            registry=CollectorRegistry(),
+        )
+        task = asyncio.create_task(service.run())
+        try:
+            await asyncio.wait_for(service.session.connected.wait(), WAIT_S)
+            yield service
+        finally:
+            await service.stop()
+            await asyncio.wait_for(task, WAIT_S)
+            store.db.close()
+
+
+@contextlib.asynccontextmanager
+async def operator_client(broker: MosquittoBroker) -> AsyncIterator[aiomqtt.Client]:
+    """An operator's MQTT connection."""
+    async with aiomqtt.Client(
+        broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5, identifier=f"op-{uuid.uuid4().hex[:6]}"
+    ) as client:
+        yield client
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]], timeout_s: float = WAIT_S, poll_s: float = 0.1
+) -> None:
+    """Poll an async condition (for state that lives in a database, where nothing can be awaited)."""
+    async with asyncio.timeout(timeout_s):
+        while not await predicate():  # noqa: ASYNC110 (database state offers nothing to await)
+            await asyncio.sleep(poll_s)
+
+
+def to_toml(document: dict[str, object]) -> str:
+    """A minimal TOML writer for config documents (scalars, lists, tables, arrays of tables)."""
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, object]]] = []
+    arrays: list[tuple[str, list[dict[str, object]]]] = []
+    for key, value in document.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            arrays.append((key, value))
+        elif value is not None:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for key, table in tables:
+        lines.append(f"[{key}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None)
+    for key, items in arrays:
+        for item in items:
+            lines.append(f"[[{key}]]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in item.items() if v is not None)
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class ProcessUnderTest:
+    """`mcufleet <command> --config <file>` as a real process that a test can SIGKILL and restart."""
+
+    def __init__(self, command: str, config: dict[str, object], workdir: Path) -> None:
+        self.command = command
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = workdir / f"{command}.toml"
+        self.config_path.write_text(to_toml(config))
+        self.log_path = workdir / f"{command}.log"
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        """Start the process (its output goes to the log file)."""
+        script = Path(sys.executable).with_name("mcufleet")
+        with self.log_path.open("ab") as log:
+            self._process = await asyncio.create_subprocess_exec(
+                str(script), self.command, "--config", str(self.config_path), stdout=log, stderr=log
+            )
+
+    async def kill(self) -> None:
+        """SIGKILL: no goodbye, no cleanup, like a power cut."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()
+        self._process = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the process keeps its sockets but does nothing (a hung or descheduled host)."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
+
+    async def stop(self) -> int | None:
+        """SIGTERM and wait (the graceful path)."""
+        if self._process is None:
+            return None
+        if self._process.returncode is None:
+            self._process.send_signal(signal.SIGCONT)
+            self._process.terminate()
+        code = await asyncio.wait_for(self._process.wait(), WAIT_S)
+        self._process = None
+        return code
+
+    def log(self) -> str:
+        """What the process printed."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def settings_document(settings: msgspec.Struct) -> dict[str, object]:
+    """A settings Struct as a plain document (for `to_toml`)."""
+    document = msgspec.to_builtins(settings)
+    assert isinstance(document, dict)
+    return document
