@@ -6,10 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_DIR := .cache/node
+# smpmgr, the independent SMP client the simulator's conformance tests drive, lives in its own venv:
+# it pins smpclient exactly, and its plugin loader breaks with pydantic 2.14 (see smp-libs.md §4.3).
+SMPMGR_VENV := .cache/smpmgr
+SMPMGR_PINS := smpmgr==0.19.1 'pydantic>=2.11,<2.14'
 # apt-get needs root; fall back to sudo when it exists.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help venv system-deps node-deps check lint typecheck imports test test-fast demo bench contract clean
+.PHONY: help venv system-deps node-deps smpmgr check lint typecheck imports test test-fast demo bench contract clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -44,6 +48,13 @@ $(NODE_DIR)/node_modules/@asyncapi/parser/package.json: deploy/contract/package.
 
 node-deps: system-deps $(NODE_DIR)/node_modules/@asyncapi/parser/package.json ## install the AsyncAPI validator from npm
 
+$(SMPMGR_VENV)/.installed: Makefile
+	@[ -x $(SMPMGR_VENV)/bin/python ] || $(PYTHON) -m venv $(SMPMGR_VENV)
+	$(SMPMGR_VENV)/bin/python -m pip install --quiet $(SMPMGR_PINS)
+	@touch $@
+
+smpmgr: $(SMPMGR_VENV)/.installed ## install smpmgr (the independent SMP client) in its own venv
+
 check: $(STAMP) ## ruff + mypy --strict + import-linter
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -53,9 +64,9 @@ check: $(STAMP) ## ruff + mypy --strict + import-linter
 contract: $(STAMP) ## regenerate deploy/contract/ from schemas/
 	$(BIN)/mcufleet contract export
 
-test: system-deps node-deps $(STAMP) check ## full set-up, static checks, then every test
+test: system-deps node-deps smpmgr $(STAMP) check ## full set-up, static checks, then every test
 	$(BIN)/mcufleet contract check
-	MCUFLEET_NODE_MODULES=$(CURDIR)/$(NODE_DIR)/node_modules $(BIN)/pytest
+	MCUFLEET_NODE_MODULES=$(CURDIR)/$(NODE_DIR)/node_modules MCUFLEET_SMPMGR=$(CURDIR)/$(SMPMGR_VENV)/bin/smpmgr $(BIN)/pytest
 
 test-fast: $(STAMP) ## unit tests only (no real components)
 	$(BIN)/pytest -m "not integration and not chaos"
