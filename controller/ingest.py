@@ -1,9 +1,11 @@
 """The registry's ingest path: device reports and presence from every gateway, batched into the store.
 
-The MQTT handler only appends to an in-memory batch, so the session keeps reading at broker speed;
-one task writes batches in a worker thread. Gaps in a gateway session's report sequence (a burst
-the broker dropped past its queue limit) are healed by asking that gateway for a rebirth, at most
-once per `rebirth_interval_s` per gateway.
+Device reports wait in their source's queue (the firehose: raw messages queued by its network
+thread). When the queue stops being empty the source calls `wake`; the writer lets a burst gather
+for `linger_s`, then drains it on the store thread a batch at a time: decode, sequence check and one
+transaction per batch, so the event loop never touches a report. Gaps in a gateway session's report
+sequence (a burst the broker dropped past its queue limit) are healed by asking that gateway for a
+rebirth, at most once per `rebirth_interval_s` per gateway.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -36,6 +39,19 @@ class IngestStats:
     sequence: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
+class ReportSource(Protocol):
+    """Where device reports wait until the writer drains them."""
+
+    def drain_reports(self, limit: int) -> list[tuple[DeviceReport, bool]]:
+        """Up to `limit` queued (report, retained) pairs, oldest first; bad ones already dropped."""
+        ...
+
+    @property
+    def queued(self) -> int:
+        """Messages still waiting (including ones `drain_reports` will drop)."""
+        ...
+
+
 class Ingest:
     """Feeds reports, presence and credentials into the store."""
 
@@ -57,9 +73,9 @@ class Ingest:
         self._max_batch = max_batch
         self._linger_s = linger_s
         self._rebirth_interval_s = rebirth_interval_s
-        self._batch: list[DeviceReport] = []
-        # Reports may arrive on a network thread (the firehose): the batch and the sequence state are
-        # guarded by a lock, and the loop is woken only when a batch starts.
+        self._source: ReportSource | None = None
+        # Sequence and rebirth state is touched by the store thread (reports) and the loop
+        # (presence): one lock guards it.
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = asyncio.Event()
@@ -71,28 +87,56 @@ class Ingest:
         self.on_presence: list[Callable[[GatewayPresence], None]] = []
         """Listeners told about every accepted presence change (the scheduler reroutes on deaths)."""
 
-    # --- called from the MQTT handler (fast, never blocks) -------------------------------------
+    def attach(self, source: ReportSource, loop: asyncio.AbstractEventLoop) -> None:
+        """Read reports from `source`; `loop` runs the writer. Call before the source starts."""
+        self._source = source
+        self._loop = loop
 
-    def add_report(self, report: DeviceReport, *, retained: bool) -> None:
-        """Queue a report for the next batch and check its gateway's sequence (any thread)."""
+    def wake(self) -> None:
+        """The source's queue stopped being empty (any thread)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._ready.set)
+
+    # --- the writer --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Write batches forever."""
+        self._keys_known = set(await self._executor.call(self._store.project_keys))
+        self._ready.set()  # reports may have queued before the writer started
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            # Let a burst gather: one transaction per few thousand reports, not per report.
+            await asyncio.sleep(self._linger_s)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write every queued report to the store now (also on shutdown, after `run` was cancelled)."""
+        while self._source is not None and self._source.queued:
+            await self._executor.call(self._apply_batch, self._source)
+
+    def _apply_batch(self, source: ReportSource) -> None:
+        """On the store thread: drain one batch, check it and write it in one transaction."""
+        drained = source.drain_reports(self._max_batch)
         with self._lock:
-            self.stats.reports_received += 1
-            if not retained:
-                self._check_sequence(report)
-            if (
-                report.project_key_fingerprint
-                and self._keys_known is not None
-                and report.device_serial not in self._keys_known
-            ):
-                # Credentials are never retained: one sent while no controller listened is asked again.
-                self._rebirth(report.gateway_id, f"no project key for {report.device_serial}")
-            starts_batch = not self._batch
-            self._batch.append(report)
-        if starts_batch and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._batch_started)
+            for report, retained in drained:
+                if not retained:
+                    self._check_sequence(report)
+                if (
+                    report.project_key_fingerprint
+                    and self._keys_known is not None
+                    and report.device_serial not in self._keys_known
+                ):
+                    # Credentials are never retained: one sent while no controller listened is asked again.
+                    self._rebirth(report.gateway_id, f"no project key for {report.device_serial}")
+        batch = [report for report, _ in drained]
+        applied = self._store.apply_reports(batch)
+        self.stats.reports_received += len(batch)
+        self.stats.batches += 1
+        self.stats.reports_applied += applied
+        self.stats.last_batch_size = len(batch)
 
-    def _batch_started(self) -> None:
-        self._ready.set()
+    # --- sequence gaps and rebirths (callers hold the lock) -------------------------------------
 
     def _check_sequence(self, report: DeviceReport) -> None:
         key = (report.gateway_id, report.epoch)
@@ -112,11 +156,14 @@ class Ingest:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._request_rebirth, gateway_id)
 
+    # --- presence and credentials (on the loop) -------------------------------------------------
+
     def request_rebirth_once(self, gateway_id: str) -> None:
         """Ask a gateway for a rebirth unless this process already did (retained presence on start)."""
-        if gateway_id not in self._reborn:
-            self._reborn.add(gateway_id)
-            self._rebirth(gateway_id, "controller started")
+        with self._lock:
+            if gateway_id not in self._reborn:
+                self._reborn.add(gateway_id)
+                self._rebirth(gateway_id, "controller started")
 
     async def add_presence(self, presence: GatewayPresence, now_s: float) -> None:
         """Apply a presence message (epoch rule in the store) and tell listeners of changes."""
@@ -124,9 +171,11 @@ class Ingest:
         if not changed:
             return
         self.stats.presence_changes += 1
-        # Sequences of older sessions can be forgotten once a newer session is born.
-        for key in [k for k in self.stats.sequence if k[0] == presence.gateway_id and k[1] < presence.epoch]:
-            del self.stats.sequence[key]
+        with self._lock:
+            # Sequences of older sessions can be forgotten once a newer session is born.
+            sequence = self.stats.sequence
+            for key in [k for k in sequence if k[0] == presence.gateway_id and k[1] < presence.epoch]:
+                del sequence[key]
         for listener in self.on_presence:
             listener(presence)
 
@@ -138,37 +187,5 @@ class Ingest:
             credential.project_key,
             credential.fingerprint,
         )
-
-    # --- the writer --------------------------------------------------------------------------
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Name the loop that writes batches, before any other thread can add a report."""
-        self._loop = loop
-
-    async def run(self) -> None:
-        """Write batches forever."""
-        self._loop = asyncio.get_running_loop()
-        self._keys_known = set(await self._executor.call(self._store.project_keys))
-        with self._lock:
-            if self._batch:
-                self._batch_started()
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            if len(self._batch) < self._max_batch:
-                # Let a burst accumulate: one transaction per few thousand reports, not per report,
-                # keeps the writer thread from competing with the receiving loop for the GIL.
-                await asyncio.sleep(self._linger_s)
-            await self.flush()
-
-    async def flush(self) -> None:
-        """Write every queued report to the store now (also on shutdown, after `run` was cancelled)."""
-        while True:
-            with self._lock:
-                batch, self._batch = self._batch[: self._max_batch], self._batch[self._max_batch :]
-            if not batch:
-                break
-            applied = await self._executor.call(self._store.apply_reports, batch)
-            self.stats.batches += 1
-            self.stats.reports_applied += applied
-            self.stats.last_batch_size = len(batch)
+        if self._keys_known is not None:
+            self._keys_known.add(credential.device_serial)

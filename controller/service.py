@@ -40,7 +40,6 @@ from schemas import (
     channels,
     is_valid_id,
 )
-from schemas.topics import Route
 from service_runtime.errors import MqttError
 from service_runtime.mqtt import (
     Inbound,
@@ -183,7 +182,7 @@ class ControllerService:
             ),
             tree=self.tree,
             subscriptions=[Subscription(self.tree.filter(TopicKind.DEVICE_REPORT), qos=1, share_group=share)],
-            handler=self._on_report,
+            on_ready=self.ingest.wake,
             metrics=self.mqtt_metrics,
         )
         self._stop = asyncio.Event()
@@ -200,7 +199,7 @@ class ControllerService:
     async def run(self) -> None:
         """Run until `stop()`."""
         # Reports first: a rebirth asked for over the session must find the report stream listening.
-        self.ingest.bind(asyncio.get_running_loop())
+        self.ingest.attach(_FirehoseReports(self.firehose), asyncio.get_running_loop())
         self.firehose.start()
         await asyncio.to_thread(self.firehose.subscribed.wait, FIREHOSE_WAIT_S)
         session_task = asyncio.create_task(self.session.run(), name="mqtt-session")
@@ -237,11 +236,6 @@ class ControllerService:
             await asyncio.sleep(self._notifier.watchdog_interval_s or 30.0)
 
     # --- inbound -----------------------------------------------------------------------------
-
-    def _on_report(self, route: Route, report: object, retained: bool) -> None:
-        """A device report from the firehose thread (a report must come from the gateway it names)."""
-        if isinstance(report, DeviceReport) and report.gateway_id == route.gateway_id:
-            self.ingest.add_report(report, retained=retained)
 
     async def _on_message(self, message: Inbound) -> None:
         payload = message.message
@@ -373,3 +367,21 @@ class ControllerService:
         except MqttError as error:
             # Counted by the session; commands stay in the store's outbox and are sent again.
             log.warning("message not queued", topic=message.topic, error=str(error))
+
+
+class _FirehoseReports:
+    """The firehose as the ingest's report source: only reports from the gateway they name."""
+
+    def __init__(self, firehose: MqttFirehose) -> None:
+        self._firehose = firehose
+
+    def drain_reports(self, limit: int) -> list[tuple[DeviceReport, bool]]:
+        return [
+            (report, retained)
+            for route, report, retained in self._firehose.drain(limit)
+            if isinstance(report, DeviceReport) and report.gateway_id == route.gateway_id
+        ]
+
+    @property
+    def queued(self) -> int:
+        return self._firehose.queued
