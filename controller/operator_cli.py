@@ -13,6 +13,7 @@ import asyncio
 import sys
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 import aiomqtt
@@ -23,11 +24,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
+from rich.table import Table
 
 from controller.operator_auth import sign_request
 from schemas import (
     AbortRollout,
     CancelDevice,
+    ContractError,
     CreateRollout,
     OperatorReply,
     OperatorRequest,
@@ -108,16 +111,11 @@ async def _main(args: argparse.Namespace) -> int:
         identifier=f"operator-{uuid.uuid4().hex[:8]}",
     ) as client:
         if args.command == "status":
-            state = await _retained(
-                client, tree.topic(TopicKind.ROLLOUT_STATE, rollout_id=args.rollout_id), args.timeout
-            )
-            if not isinstance(state, msgspec.Struct):
-                sys.stderr.write(f"no state published for rollout {args.rollout_id}\n")
-                return EXIT_NO_ANSWER
-            sys.stdout.write(msgspec.json.format(channels.encode(state)).decode() + "\n")
-            return 0
+            return await status(client, tree, args)
         if args.command == "watch":
             return await watch(client, tree, args.rollout_id)
+        if args.command == "preview":
+            return await preview(client, tree, args)
         request = await _request(client, tree, args)
         if args.key_file is not None:
             key = load_pem_private_key(args.key_file.read_bytes(), password=None)
@@ -200,36 +198,124 @@ async def _retained(client: aiomqtt.Client, topic: str, timeout_s: float) -> obj
     return None
 
 
+async def status(client: aiomqtt.Client, tree: TopicTree, args: argparse.Namespace) -> int:
+    """Print the retained rollout state as JSON."""
+    state = await _retained(
+        client, tree.topic(TopicKind.ROLLOUT_STATE, rollout_id=args.rollout_id), args.timeout
+    )
+    if not isinstance(state, msgspec.Struct):
+        sys.stderr.write(f"no state published for rollout {args.rollout_id}\n")
+        return EXIT_NO_ANSWER
+    sys.stdout.write(msgspec.json.format(channels.encode(state)).decode() + "\n")
+    return 0
+
+
+async def preview(client: aiomqtt.Client, tree: TopicTree, args: argparse.Namespace) -> int:
+    """Ask for a fresh plan, wait for it on the plan topic and print it."""
+    topic = tree.topic(TopicKind.ROLLOUT_PLAN, rollout_id=args.rollout_id)
+    before = await _retained(client, topic, args.timeout)
+    reply = await send_request(client, tree, await _request(client, tree, args), args.timeout)
+    if reply is None:
+        sys.stderr.write("no reply from the controller\n")
+        return EXIT_NO_ANSWER
+    if reply.status is not ReplyStatus.ACCEPTED:
+        sys.stdout.write(f"{reply.status}: {reply.reason} {reply.message}".rstrip() + "\n")
+        return EXIT_REJECTED
+    plan = await _newer_plan(
+        client, topic, before.created_at if isinstance(before, RolloutPlan) else None, args
+    )
+    if plan is None:
+        sys.stderr.write("the controller accepted but published no new plan in time\n")
+        return EXIT_NO_ANSWER
+    print_plan(plan, Console())
+    return 0
+
+
+async def _newer_plan(
+    client: aiomqtt.Client, topic: str, after: datetime | None, args: argparse.Namespace
+) -> RolloutPlan | None:
+    await client.subscribe(topic, qos=1)
+    try:
+        async with asyncio.timeout(args.timeout):
+            async for message in client.messages:
+                if message.topic.value != topic or not isinstance(message.payload, bytes):
+                    continue
+                try:
+                    plan = channels.decode_as(TopicKind.ROLLOUT_PLAN, message.payload, RolloutPlan)
+                except ContractError:
+                    continue
+                if after is None or plan.created_at > after:
+                    return plan
+    except TimeoutError:
+        return None
+    return None
+
+
+def print_plan(plan: RolloutPlan, console: Console) -> None:
+    """The plan an operator approves: waves with their gateways, exclusions, the estimate."""
+    devices = sum(len(wave.devices) for wave in plan.waves)
+    console.print(
+        f"plan {plan.plan_id}: {plan.software_type} {plan.target_version}, {devices} devices in "
+        f"{len(plan.waves)} waves, image {plan.image_size_bytes} bytes, "
+        f"estimated {plan.estimated_duration_s:.0f} s"
+    )
+    table = Table("wave", "devices", "gateways", "soak (s)")
+    for wave in plan.waves:
+        per_gateway: dict[str, int] = {}
+        for device in wave.devices:
+            per_gateway[device.gateway_id] = per_gateway.get(device.gateway_id, 0) + 1
+        spread = ", ".join(f"{gateway} {count}" for gateway, count in sorted(per_gateway.items()))
+        table.add_row(str(wave.index), str(len(wave.devices)), spread, f"{wave.soak_s:.0f}")
+    console.print(table)
+    for excluded in plan.excluded:
+        console.print(f"excluded {excluded.device_serial}: {excluded.reason}")
+    console.print(f"start it with: mcufleet rollout start {plan.rollout_id} --plan-id {plan.plan_id}")
+
+
 def _kind(topic: str) -> TopicKind:
     return TopicKind.ROLLOUT_PLAN if topic.endswith("/plan") else TopicKind.ROLLOUT_STATE
 
 
-async def watch(client: aiomqtt.Client, tree: TopicTree, rollout_id: str) -> int:
-    """Show live progress per wave until the rollout completes or is aborted."""
-    console = Console(stderr=True)
+async def watch(
+    client: aiomqtt.Client, tree: TopicTree, rollout_id: str, console: Console | None = None
+) -> int:
+    """Show live progress per wave and per gateway until the rollout completes or is aborted."""
+    console = console or Console(stderr=True)
     topic = tree.topic(TopicKind.ROLLOUT_STATE, rollout_id=rollout_id)
     await client.subscribe(topic, qos=1)
-    tasks: dict[int, TaskID] = {}
+    tasks: dict[str, TaskID] = {}
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total} {task.fields[detail]}"),
     )
     with Progress(*columns, console=console) as progress:
+
+        def show(key: str, total: int, done: int, detail: str) -> None:
+            if key not in tasks:
+                tasks[key] = progress.add_task(key, total=total, detail="")
+            progress.update(tasks[key], total=total, completed=done, detail=detail)
+
         async for message in client.messages:
             if not isinstance(message.payload, bytes) or not message.payload:
                 continue
-            state = channels.decode_as(TopicKind.ROLLOUT_STATE, message.payload, RolloutState)
+            try:
+                state = channels.decode_as(TopicKind.ROLLOUT_STATE, message.payload, RolloutState)
+            except ContractError as error:
+                console.print(f"ignoring an unreadable rollout state: {error}")
+                continue
             for wave in state.waves:
-                done = (
-                    wave.counts.succeeded + wave.counts.failed + wave.counts.rejected + wave.counts.reverted
-                )
-                done += wave.counts.timed_out + wave.counts.canceled
-                failed = done - wave.counts.succeeded
-                detail = f"ok {wave.counts.succeeded} failed {failed} in flight {wave.counts.in_flight}"
-                if wave.index not in tasks:
-                    tasks[wave.index] = progress.add_task(f"wave {wave.index}", total=wave.size, detail="")
-                progress.update(tasks[wave.index], completed=done, detail=detail)
+                counts = wave.counts
+                done = counts.succeeded + counts.failed + counts.rejected + counts.reverted
+                done += counts.timed_out + counts.canceled
+                failed = done - counts.succeeded
+                detail = f"ok {counts.succeeded} failed {failed} in flight {counts.in_flight}"
+                show(f"wave {wave.index}", wave.size, done, detail)
+            for gateway in state.gateways:
+                # A gateway's bar: its finished attempts out of finished plus in flight.
+                finished = gateway.succeeded + gateway.failed
+                detail = f"ok {gateway.succeeded} failed {gateway.failed} in flight {gateway.in_flight}"
+                show(f"gateway {gateway.gateway_id}", finished + gateway.in_flight, finished, detail)
             if state.status in TERMINAL:
                 console.print(f"rollout {rollout_id} {state.status}")
                 return 0 if state.status is RolloutStatus.COMPLETED else EXIT_REJECTED

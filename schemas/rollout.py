@@ -225,6 +225,20 @@ class WaveState(msgspec.Struct, frozen=True, kw_only=True):
     counts: StateCounts
 
 
+MAX_GATEWAYS_IN_STATE = 256
+"""The state lists at most this many gateways (the busiest first), so it stays one small message."""
+
+
+class GatewayProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """One gateway's share of a rollout."""
+
+    gateway_id: GatewayIdField
+    in_flight: Annotated[int, msgspec.Meta(ge=0)] = 0
+    succeeded: Annotated[int, msgspec.Meta(ge=0)] = 0
+    failed: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Attempts through this gateway that ended without success (a device may retry elsewhere)."""
+
+
 class RolloutState(msgspec.Struct, frozen=True, kw_only=True):
     """The controller's retained view of a rollout, republished on every change."""
 
@@ -238,6 +252,9 @@ class RolloutState(msgspec.Struct, frozen=True, kw_only=True):
     counts: StateCounts = msgspec.field(default_factory=StateCounts)
     gate_decisions: list[GateDecision] = msgspec.field(default_factory=list)
     paused_reason: ShortText = ""
+    gateways: Annotated[list[GatewayProgress], msgspec.Meta(max_length=MAX_GATEWAYS_IN_STATE)] = (
+        msgspec.field(default_factory=list)
+    )
     updated_at: datetime
 
 

@@ -34,6 +34,8 @@ from schemas import (
     DeviceJobState,
     GateDecision,
     GateVerdict,
+    GatewayId,
+    GatewayProgress,
     JobOutcome,
     ReasonCode,
     RolloutPlan,
@@ -43,6 +45,7 @@ from schemas import (
     StateCounts,
     WaveState,
 )
+from schemas.rollout import MAX_GATEWAYS_IN_STATE
 
 ACTIVE = {DeviceJobState.PENDING, DeviceJobState.WAITING, DeviceJobState.IN_FLIGHT}
 RETRYABLE_STATES = {DeviceJobState.FAILED, DeviceJobState.TIMED_OUT, DeviceJobState.UNREACHABLE}
@@ -176,8 +179,25 @@ class RolloutMachine:
             counts=self.counts() if plan else StateCounts(),
             gate_decisions=self._s.gate_decisions[-20:],
             paused_reason=self._s.paused_reason,
+            gateways=self._gateway_progress(),
             updated_at=now,
         )
+
+    def _gateway_progress(self) -> list[GatewayProgress]:
+        in_flight: dict[str, int] = {}
+        for record in self._in_flight.values():
+            in_flight[record.gateway] = in_flight.get(record.gateway, 0) + 1
+        gateways = set(in_flight) | set(self._s.gateway_successes) | set(self._s.gateway_failures)
+        busiest = sorted(gateways, key=lambda g: (-in_flight.get(g, 0), g))[:MAX_GATEWAYS_IN_STATE]
+        return [
+            GatewayProgress(
+                gateway_id=GatewayId(g),
+                in_flight=in_flight.get(g, 0),
+                succeeded=self._s.gateway_successes.get(g, 0),
+                failed=self._s.gateway_failures.get(g, 0),
+            )
+            for g in sorted(busiest)
+        ]
 
     # --- operator requests -------------------------------------------------------------------
 
