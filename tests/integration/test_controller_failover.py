@@ -22,6 +22,7 @@ from controller.settings import (
     SchedulerConfig,
     StoreConfig,
 )
+from controller.store.opening import open_store
 from schemas import ControllerPresence, FlowSpec, RolloutStatus, TopicKind, channels
 from simulator.cloud import CloudEmulator
 from simulator.server import FleetServer
@@ -112,7 +113,16 @@ async def test_standby_takes_over_and_the_paused_leader_is_fenced(
                 agent_settings("gw-0", broker, tmp_path / "gw-0", list(devices.endpoints.values()))
             ):
                 await probe.wait_for(lambda: len(probe.reports) == 6)
-                await asyncio.sleep(1.0)  # both replicas ingest the reports and credentials
+
+                def registry_ready() -> bool:
+                    store = open_store(shared_database)
+                    try:
+                        return len(store.devices()) == 6 and len(store.project_keys()) == 6
+                    finally:
+                        store.db.close()
+
+                # Reports and credentials reach whichever replica the shared subscription picks.
+                await wait_until(lambda: asyncio.to_thread(registry_ready), timeout_s=30)
                 spec = single_wave(flow=FlowSpec(max_in_flight=2, max_in_flight_per_gateway=2))
                 await create_and_start(client, "r-ha", spec)
                 await probe.wait_for(
