@@ -365,15 +365,23 @@ class ProcessUnderTest:
             self._process.send_signal(signal.SIGCONT)
 
     async def stop(self) -> int | None:
-        """SIGTERM and wait (the graceful path)."""
+        """SIGTERM and wait (the graceful path).
+
+        Raises:
+            AssertionError: the process ignored SIGTERM for WAIT_S (it is then killed, never left behind).
+        """
         if self._process is None:
             return None
-        if self._process.returncode is None:
-            self._process.send_signal(signal.SIGCONT)
-            self._process.terminate()
-        code = await asyncio.wait_for(self._process.wait(), WAIT_S)
-        self._process = None
-        return code
+        process, self._process = self._process, None
+        if process.returncode is None:
+            process.send_signal(signal.SIGCONT)
+            process.terminate()
+        try:
+            return await asyncio.wait_for(process.wait(), WAIT_S)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise AssertionError(f"{self.command} did not stop within {WAIT_S} s of SIGTERM") from None
 
     def log(self) -> str:
         """What the process printed."""
