@@ -98,12 +98,14 @@ def agent_settings(
 
 
 @contextlib.asynccontextmanager
-async def running_agent(settings: AgentSettings) -> AsyncIterator[AgentService]:
+async def running_agent(
+    settings: AgentSettings, registry: CollectorRegistry | None = None
+) -> AsyncIterator[AgentService]:
     """An AgentService running in this process until the block ends."""
     async with httpx.AsyncClient(follow_redirects=False) as http:
         service = AgentService(
             settings,
-            registry=CollectorRegistry(),
+            registry=registry or CollectorRegistry(),
             http=http,
             make_udp_link=lambda device: udp_link(device.host, device.port, timeout_s=1.0),
         )
@@ -246,6 +248,7 @@ async def running_controller(
     store_url: str,
     controller_id: str = "controller-1",
     operator_keys: dict[str, str] | None = None,
+    registry: CollectorRegistry | None = None,
     **scheduler: float,
 ) -> AsyncIterator[ControllerService]:
     """A ControllerService in this process, on its own store, talking to the cloud emulator."""
@@ -264,7 +267,7 @@ async def running_controller(
             settings,
             store=store,
             memfault=MemfaultClient(MemfaultSettings(base_url=cloud_url, requests_per_s=1000.0), http),
-            registry=CollectorRegistry(),
+            registry=registry or CollectorRegistry(),
         )
         task = asyncio.create_task(service.run())
         try:
