@@ -247,6 +247,7 @@ async def running_controller(
     cloud_url: str,
     store_url: str,
     controller_id: str = "controller-1",
+    *,
     operator_keys: dict[str, str] | None = None,
     registry: CollectorRegistry | None = None,
     **scheduler: float,
