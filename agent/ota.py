@@ -166,6 +166,9 @@ class OtaJob:
             slots = await _state(session)
             running = _slot(slots, 0)
             if running is not None and running.hash_sha256 == facts.image_hash:
+                # Running the target unconfirmed means this job test-booted it before the agent
+                # restarted: past the point of no return, so a cancel no longer stops the job.
+                self.testing_started = not running.confirmed
                 return await self._confirm(session, facts)
             self._check_preconditions(info, facts)
             staged = _slot(slots, 1)

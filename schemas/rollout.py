@@ -95,6 +95,9 @@ class PhaseDeadlines(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     job_total_s: Seconds = 3600.0
     no_progress_s: Seconds = 300.0
+    unreachable_s: Seconds = 600.0
+    """How long a device that no online gateway hears is waited for before it counts as unreachable
+    (a gateway restarting or a short site outage must not end a wave without its devices)."""
 
 
 class RolloutSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -51,6 +51,9 @@ ACTIVE = {DeviceJobState.PENDING, DeviceJobState.WAITING, DeviceJobState.IN_FLIG
 RETRYABLE_STATES = {DeviceJobState.FAILED, DeviceJobState.TIMED_OUT, DeviceJobState.UNREACHABLE}
 BUSY_RETRY_S = 5.0
 NO_GATEWAY = "no online gateway hears it"
+NO_GATEWAY_YET = "waiting for a gateway that hears it"
+UNHEARD_RECHECK_S = 2.0
+"""How often a device waiting for a gateway is looked at again."""
 MAX_SKIPS_PER_TICK = 256
 _DECODER = msgspec.msgpack.Decoder(RolloutSnapshot)
 _ENCODER = msgspec.msgpack.Encoder()
@@ -496,7 +499,7 @@ class RolloutMachine:
                 link = best_link(choices, flow, frozenset(record.tried))
                 if link is None:
                     if not any(candidate.online for candidate in links):
-                        self._set_state(serial, DeviceJobState.UNREACHABLE, NO_GATEWAY)
+                        effects += self._unheard(serial, record, now_s)
                     else:
                         kept.append(serial)  # waiting for a radio slot: no attempt consumed
                     skips += 1
@@ -510,6 +513,16 @@ class RolloutMachine:
         self._s.started += len(effects)
         return effects
 
+    def _unheard(self, serial: str, record: DeviceRecord, now_s: float) -> list[Effect]:
+        """No online gateway hears the device: wait for one, up to the rollout's `unreachable_s`."""
+        record.unheard_since = record.unheard_since or now_s
+        grace_s = self._s.spec.deadlines.unreachable_s
+        if now_s - record.unheard_since >= grace_s:
+            self._set_state(serial, DeviceJobState.UNREACHABLE, NO_GATEWAY)
+            return []
+        recheck_at_s = min(now_s + UNHEARD_RECHECK_S, record.unheard_since + grace_s)
+        return self._wait(serial, recheck_at_s, NO_GATEWAY_YET)
+
     def _dispatch(
         self, serial: str, record: DeviceRecord, gateway_id: str, now: datetime, now_s: float
     ) -> Dispatch:
@@ -519,6 +532,7 @@ class RolloutMachine:
         ]
         job_id = f"{self._s.rollout_id[:40]}-{digest}"
         record.attempts += 1
+        record.unheard_since = 0.0
         record.job_id, record.gateway = job_id, gateway_id
         record.dispatched_at = record.progress_at = now_s
         if gateway_id not in record.tried:

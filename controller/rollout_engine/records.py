@@ -22,6 +22,8 @@ class DeviceRecord(msgspec.Struct, kw_only=True):
     reason: str = ""
     tried: list[str] = msgspec.field(default_factory=list)
     """Gateways that already failed this device (routing avoids them while others hear it)."""
+    unheard_since: float = 0.0
+    """When dispatch last found no online gateway for it (0: it was heard at the last try)."""
 
 
 class RolloutSnapshot(msgspec.Struct, kw_only=True):

@@ -68,7 +68,7 @@ def check_invariants(world: ChaosWorld, state: RolloutState) -> None:
             assert running.version == TARGET and running.confirmed, (serial, running)
         else:
             assert record.reason, f"{serial} ended {record.state} without a reason"
-            assert running.confirmed, f"{serial} was left running an unconfirmed image"
+            assert running.confirmed, (f"{serial} left unconfirmed", record, device.boots)
     # 3. flashed at most once; exactly once when it succeeded
     for serial, record in records.items():
         assert record is not None

@@ -110,8 +110,10 @@ class ChaosWorld:
         )
 
     async def finish(self) -> RolloutState:
-        """The final retained state, once the rollout is over (on a new connection: the broker may
-        have been killed under the first one)."""
+        """The final retained state, once the rollout is over.
+
+        It is read on a new connection: the broker may have been killed under the first one.
+        """
         async with operator_client(self.broker) as client:
             state: RolloutState = await latest(
                 client, TopicKind.ROLLOUT_STATE, ROLLOUT, lambda s: s.status in TERMINAL, ROLLOUT_WAIT_S

@@ -246,6 +246,32 @@ def test_jobs_of_a_dead_gateway_are_rerouted() -> None:
     assert len(rerouted) == len(victims) and world.machine.counts().succeeded == 6
 
 
+def test_a_gateway_restarting_does_not_end_the_wave_without_its_devices() -> None:
+    """Devices whose only gateway is briefly offline wait for it; the wave completes with them."""
+    rollout = spec(waves=[WaveSpec(percent=100)], deadlines=PhaseDeadlines(unreachable_s=60))
+    world = started_world(rollout, candidates(4, gateways=1))
+    world.offline.add("gw-0")
+    for _ in range(20):
+        world.step()
+    assert world.machine.status is RolloutStatus.RUNNING and not world.dispatched
+    assert world.machine.counts().waiting + world.machine.counts().pending == 4
+    world.offline.clear()
+    world.machine.on_gateway_online("gw-0", world.now)
+    world.run()
+    assert world.machine.counts().succeeded == 4
+
+
+def test_devices_nobody_hears_become_unreachable_after_the_grace() -> None:
+    """Past `unreachable_s` without any online gateway, a device is unreachable and the wave ends."""
+    rollout = spec(waves=[WaveSpec(percent=100)], deadlines=PhaseDeadlines(unreachable_s=30))
+    world = started_world(rollout, candidates(3, gateways=1))
+    world.offline.add("gw-0")
+    world.run(max_steps=100)
+    assert world.machine.status is RolloutStatus.COMPLETED
+    assert world.machine.counts().unreachable == 3
+    assert world.now - T0 >= timedelta(seconds=30)
+
+
 def test_jobs_without_progress_time_out_and_are_retried() -> None:
     """A job silent past no_progress_s is canceled and retried; it ends TIMED_OUT after the budget."""
     rollout = spec(
