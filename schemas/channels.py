@@ -52,6 +52,8 @@ def decode(kind: TopicKind, payload: bytes, topic: str = "") -> object:
         raise PayloadError(topic, field, reason) from None
     except msgspec.DecodeError as error:
         raise PayloadError(topic, "$", f"not valid JSON: {error}") from None
+    except UnicodeDecodeError as error:  # msgspec raises it for a string that is not UTF-8
+        raise PayloadError(topic, "$", f"not valid UTF-8: {error.reason} at byte {error.start}") from None
 
 
 def decode_as(kind: TopicKind, payload: bytes, expected: type[T], topic: str = "") -> T:

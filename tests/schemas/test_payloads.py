@@ -88,7 +88,17 @@ def test_reports_from_older_gateways_use_defaults() -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    [b"", b"{", b"null", b"[]", b'"text"', b"\xff\xfe", b'{"kind":"ota"}', b"1e999999"],
+    [
+        b"",
+        b"{",
+        b"null",
+        b"[]",
+        b'"text"',
+        b"\xff\xfe",
+        b'{"kind":"ota"}',
+        b"1e999999",
+        b'{"kind":"ota","job_id":"j\xe1("}',  # a string that is not UTF-8 (found by tests/fuzz)
+    ],
 )
 def test_garbage_is_a_payload_error(payload: bytes) -> None:
     """Non-JSON, wrong shapes and missing fields are PayloadErrors, never other exceptions."""
