@@ -193,7 +193,8 @@ class MemfaultClient:
             )
         try:
             release = _RELEASE_DECODER.decode(content)
-        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as error:
+            # (msgspec raises UnicodeDecodeError for a string that is not UTF-8)
             self._count("malformed")
             raise MemfaultBadResponse(
                 self.settings.backoff_initial_s, f"malformed release: {error}"
@@ -251,7 +252,7 @@ def _retry_after_s(header: str | None, now_unix_s: float) -> float:
 def _error_message(response: httpx.Response) -> str:
     try:
         body = msgspec.json.decode(response.content[:4096])
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return f"HTTP {response.status_code}"
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return str(body["error"].get("message", ""))[:200] or f"HTTP {response.status_code}"

@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
+from controller.errors import ConfigError
 from controller.operator_auth import sign_request
 from schemas import (
     AbortRollout,
@@ -53,6 +54,7 @@ from schemas import (
 
 EXIT_REJECTED = 1
 EXIT_NO_ANSWER = 3
+EXIT_USAGE = 2
 TERMINAL = {RolloutStatus.COMPLETED, RolloutStatus.ABORTED}
 
 
@@ -98,6 +100,9 @@ def run(argv: Sequence[str]) -> int:
     except aiomqtt.MqttError as error:
         sys.stderr.write(f"mcufleet rollout: broker: {error}\n")
         return EXIT_NO_ANSWER
+    except ConfigError as error:
+        sys.stderr.write(f"mcufleet rollout: {error}\n")
+        return EXIT_USAGE
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -138,7 +143,10 @@ async def _request(  # noqa: PLR0911 (one return per subcommand)
     rollout_id = RolloutId(args.rollout_id)
     match args.command:
         case "create":
-            spec = msgspec.json.decode(args.spec.read_bytes(), type=RolloutSpec)
+            try:
+                spec = msgspec.json.decode(args.spec.read_bytes(), type=RolloutSpec)
+            except (OSError, msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as error:
+                raise ConfigError(f"spec file {args.spec}: {error}") from None
             return CreateRollout(**common, rollout_id=rollout_id, spec=spec)
         case "preview":
             return PreviewRollout(**common, rollout_id=rollout_id)

@@ -161,7 +161,7 @@ class RolloutCoordinator:
             step.handled.append(item.row_id)
             try:
                 await self._handle(item, now, step)
-            except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as error:
                 log.warning("unreadable inbox item", kind=item.kind, error=str(error))
         self._adopt_plans(now, step)
         reconcile, self._reconcile = self._reconcile, []

@@ -166,7 +166,7 @@ async def _body(request: web.Request, kind: type[_Body]) -> _Body:
     raw = await request.read()
     try:
         return msgspec.json.decode(raw, type=kind)
-    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as error:
         raise _BadBody(f"bad request body: {error}") from None
 
 

@@ -96,3 +96,19 @@ async def test_an_operator_drives_a_rollout_with_the_cli(broker: MosquittoBroker
         assert code != 0 and "no state published" in err
     for serial in serials:
         assert [b.outcome for b in devices.device(serial).boots].count(BootOutcome.SWAPPED) == 1
+
+
+async def test_a_bad_spec_file_is_a_clear_usage_error(broker: MosquittoBroker, tmp_path: Path) -> None:
+    """Missing, non-JSON, non-UTF-8 or invalid specs: exit 2 with the file named, no traceback."""
+    bad = {
+        "missing.json": None,
+        "garbage.json": b"{not json",
+        "latin1.json": b'{"software_type":"\xe9t\xe9","target_version":"1.0.0"}',
+        "invalid.json": b'{"software_type":"app","target_version":"1.0.0","waves":[]}',
+    }
+    for name, content in bad.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        code, _, err = await rollout_cli(broker, "create", "r-bad", str(path))
+        assert code == 2 and f"spec file {path}" in err and "Traceback" not in err, (name, err)
