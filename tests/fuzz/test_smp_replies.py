@@ -1,0 +1,192 @@
+"""Garbage SMP replies to the agent: typed failures, counted, and the agent keeps working.
+
+A UDP proxy sits between the agent and a simulated device. While it corrupts, every reply to an
+image upload is replaced by a hypothesis-drawn mutation of the real reply (random bytes, cut
+frames, wrong lengths, wrong sequence numbers, flipped CBOR, well-formed maps of the wrong shape).
+The job must end with a failed result that carries a reason, never flash the device, and never
+take the agent down; with the proxy clean again, the next command updates the device.
+The session layer is also driven directly: every garbage reply is a typed agent error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import cast
+
+import cbor2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.device_link import udp_link
+from agent.errors import AgentError
+from agent.smp import commands
+from schemas import JobOutcome
+from simulator.cloud import CloudEmulator
+from simulator.device import BootOutcome
+from tests.fuzz.payloads import JSON_VALUES
+from tests.harness.broker import MosquittoBroker
+from tests.integration.world import (
+    agent_settings,
+    controller_probe,
+    ota_command,
+    publish_release,
+    running_agent,
+    simulated_devices,
+)
+
+pytestmark = pytest.mark.integration
+Mutation = Callable[[bytes], bytes]
+IMAGE_GROUP, UPLOAD_COMMAND = 1, 1
+
+
+def _set_length(frame: bytes, length: int) -> bytes:
+    return frame[:2] + struct.pack(">H", length & 0xFFFF) + frame[4:]
+
+
+def _set_sequence(frame: bytes, sequence: int) -> bytes:
+    return frame[:6] + bytes([sequence & 0xFF]) + frame[7:]
+
+
+def _flip(frame: bytes, position: int) -> bytes:
+    data = bytearray(frame)
+    data[position % len(data)] ^= 0xFF
+    return bytes(data)
+
+
+def _body(frame: bytes, body: object) -> bytes:
+    encoded = cbor2.dumps(body)
+    return _set_length(frame[:8] + encoded, len(encoded))
+
+
+MUTATIONS: st.SearchStrategy[Mutation] = st.one_of(
+    st.binary(max_size=64).map(lambda garbage: lambda frame: garbage),
+    st.integers(0, 12).map(lambda cut: lambda frame: frame[:cut]),
+    st.integers(0, 0xFFFF).map(lambda length: lambda frame: _set_length(frame, length)),
+    st.integers(1, 255).map(lambda shift: lambda frame: _set_sequence(frame, frame[6] + shift)),
+    st.integers(8, 64).map(lambda position: lambda frame: _flip(frame, position)),
+    JSON_VALUES.map(lambda body: lambda frame: _body(frame, body)),
+    st.sampled_from([{"rc": "x"}, {"off": -1}, {"off": "a"}, {"err": 5}, {"err": {"group": "x"}}, []]).map(
+        lambda body: lambda frame: _body(frame, body)
+    ),
+)
+
+
+def drawn_mutations(count: int) -> list[Mutation]:
+    """`count` mutations, drawn once by hypothesis."""
+    found: list[Mutation] = []
+
+    @settings(
+        max_examples=count,
+        database=None,
+        derandomize=True,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(MUTATIONS)
+    def collect(mutation: Mutation) -> None:
+        found.append(mutation)
+
+    collect()
+    return found
+
+
+class CorruptingProxy(asyncio.DatagramProtocol):
+    """Forwards datagrams to `device`; while `corrupting`, upload replies get the next mutation."""
+
+    def __init__(self, device: tuple[str, int], mutations: list[Mutation]) -> None:
+        self.device = device
+        self.mutations = mutations
+        self.corrupting = False
+        self.corrupted = 0
+        self._transport: asyncio.DatagramTransport | None = None
+        self._client: tuple[str, int] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast("asyncio.DatagramTransport", transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self._transport is not None
+        if addr != self.device:
+            self._client = addr
+            self._transport.sendto(data, self.device)
+            return
+        if self._client is None:
+            return
+        is_upload = (
+            len(data) >= 8 and data[4:6] == IMAGE_GROUP.to_bytes(2, "big") and data[7] == UPLOAD_COMMAND
+        )
+        if self.corrupting and is_upload:
+            data = self.mutations[self.corrupted % len(self.mutations)](data)
+            self.corrupted += 1
+        self._transport.sendto(data, self._client)
+
+
+async def test_garbage_upload_replies_fail_the_job_cleanly(broker: MosquittoBroker, tmp_path: Path) -> None:
+    """Corrupted replies: a failed result with a reason, no flash; clean again: the update succeeds."""
+    loop = asyncio.get_running_loop()
+    async with (
+        CloudEmulator() as cloud,
+        simulated_devices(["D1"]) as devices,
+        controller_probe(broker) as probe,
+    ):
+        release = publish_release(cloud, "1.1.0", payload_size_bytes=40_000)
+        proxy = CorruptingProxy(devices.endpoints["D1"], drawn_mutations(200))
+        transport, _ = await loop.create_datagram_endpoint(lambda: proxy, local_addr=("127.0.0.1", 0))
+        port = transport.get_extra_info("sockname")[1]
+        try:
+            settings_ = agent_settings("gw-1", broker, tmp_path / "agent", [("127.0.0.1", port)])
+            async with running_agent(settings_):
+                await probe.wait_for(lambda: "D1" in probe.reports)
+                proxy.corrupting = True
+                probe.send("gw-1", ota_command("job-garbage", "D1", release))
+                await probe.wait_for(lambda: "job-garbage" in probe.results, timeout_s=90)
+                failed = probe.results["job-garbage"]
+                assert failed.outcome is JobOutcome.FAILED and failed.retryable and failed.reason, failed
+                assert proxy.corrupted > 0
+                assert not [b for b in devices.device("D1").boots if b.outcome is BootOutcome.SWAPPED]
+
+                proxy.corrupting = False
+                probe.send("gw-1", ota_command("job-clean", "D1", release))
+                await probe.wait_for(lambda: "job-clean" in probe.results, timeout_s=90)
+                assert probe.results["job-clean"].outcome is JobOutcome.SUCCEEDED
+        finally:
+            transport.close()
+    assert devices.device("D1").running_version == "1.1.0"
+
+
+async def test_every_garbage_reply_is_a_typed_agent_error() -> None:
+    """Straight at the session: each mutated reply to a state read is an AgentError, nothing else."""
+    loop = asyncio.get_running_loop()
+    async with simulated_devices(["D1"]) as devices:
+        mutations = drawn_mutations(150)
+        proxy = CorruptingProxy(devices.endpoints["D1"], [])
+        transport, _ = await loop.create_datagram_endpoint(lambda: proxy, local_addr=("127.0.0.1", 0))
+        port = transport.get_extra_info("sockname")[1]
+        link = udp_link("127.0.0.1", port, timeout_s=0.2, handshake_timeout_s=1.0)
+        session = await link.connect()
+        errors: dict[str, int] = {}
+        try:
+            for mutation in mutations:
+                proxy.mutations, proxy.corrupting = [mutation], True
+                try:
+                    reply = await session.request(
+                        lambda seq: commands.encode_upload(seq, 0, b"\0" * 16, None), timeout_s=0.2
+                    )
+                    commands.parse_upload_ack(reply.raise_for_error())
+                except AgentError as error:
+                    errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+            proxy.corrupting = False
+            # The session still works after all of it.
+            states = commands.parse_state(
+                (await session.request(commands.encode_state_read)).raise_for_error()
+            )
+            assert states
+        finally:
+            await session.close()
+            transport.close()
+    assert session.counters.malformed_replies > 0
+    assert len(errors) >= 2, errors
