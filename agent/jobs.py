@@ -58,6 +58,8 @@ class RunnerSettings:
     """Concurrency and queue bounds of the runner."""
 
     concurrency: int = 2
+    upload_slots: int = 2
+    """Uploads at a time across the runner's jobs (the radio's share)."""
     queue_size: int = 64
     job: JobSettings = field(default_factory=JobSettings)
 
@@ -97,6 +99,7 @@ class JobRunner:
         self._jobs: dict[str, OtaJob] = {}
         self._phases: dict[str, JobPhase] = {}
         self._canceled: set[str] = set()
+        self._upload_slots = asyncio.Semaphore(settings.upload_slots)
         self._highest_epoch = 0
         self._progress_at: dict[str, float] = {}
         self._progress_seq: dict[str, int] = {}
@@ -241,6 +244,7 @@ class JobRunner:
             lambda phase, done, total: self._progress(command, phase, done, total),
             self.settings.job,
             on_upload_start=count_upload,
+            upload_slot=self._upload_slots,
         )
         self._jobs[command.job_id] = job
         remaining_s = (command.deadline - self._now()).total_seconds()

@@ -101,14 +101,19 @@ class OtaJob:
         settings: JobSettings,
         *,
         on_upload_start: Callable[[], None] | None = None,
+        upload_slot: asyncio.Semaphore | None = None,
     ) -> None:
-        """Prepare the job; `on_upload_start` lets the journal count flashes durably."""
+        """Prepare the job; `on_upload_start` lets the journal count flashes durably.
+
+        `upload_slot`, shared by a gateway's jobs, bounds how many upload at once (the radio).
+        """
         self.command = command
         self._link = link
         self._fetcher = fetcher
         self._progress = progress
         self._settings = settings
         self._on_upload_start = on_upload_start
+        self._upload_slot = upload_slot or asyncio.Semaphore(1)
         self.uploads = 0
         self.testing_started = False
         """Set once the test-boot is requested: from then on the job finishes even when canceled."""
@@ -173,7 +178,8 @@ class OtaJob:
             self._check_preconditions(info, facts)
             staged = _slot(slots, 1)
             if staged is None or staged.hash_sha256 != facts.image_hash:
-                await self._upload(session, image)
+                async with self._upload_slot:
+                    await self._upload(session, image)
                 slots = await _state(session)
                 staged = _slot(slots, 1)
                 if staged is None or staged.hash_sha256 != facts.image_hash:

@@ -164,6 +164,7 @@ class AgentService:
             self.gateway_id,
             settings=RunnerSettings(
                 concurrency=jobs.concurrency,
+                upload_slots=jobs.upload_slots or jobs.concurrency,
                 queue_size=jobs.queue_size,
                 job=JobSettings(
                     first_chunk_timeout_s=jobs.first_chunk_timeout_s,

@@ -79,6 +79,11 @@ class JobsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """OTA execution limits."""
 
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=32)] = 2
+    """Jobs run at a time."""
+    upload_slots: Annotated[int, msgspec.Meta(ge=1, le=32)] | None = None
+    """Uploads at a time: the radio's share (default: `concurrency`). With more jobs than upload
+    slots, one device's download, test boot, reboot and confirm overlap another's upload, so the
+    radio never idles while a device reboots."""
     queue_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
     first_chunk_timeout_s: PositiveSeconds = 40.0
     chunk_timeout_s: PositiveSeconds = 5.0

@@ -6,13 +6,18 @@ import asyncio
 from pathlib import Path
 
 import aiomqtt
+import msgspec
 import pytest
 
-from schemas import JobOutcome, ReasonCode, TopicKind
+from schemas import JobOutcome, JobPhase, ReasonCode, TopicKind
 from simulator.cloud import CloudEmulator
-from simulator.device import BootOutcome, FaultPlan
+from simulator.device import BootOutcome, FaultPlan, LinkProfile
+from simulator.fleet import DeviceSpec, Fleet
+from simulator.server import FleetServer
 from tests.harness.broker import MosquittoBroker
 from tests.integration.world import (
+    FAST_FIRMWARE,
+    HARDWARE,
     PROJECT_KEY,
     TREE,
     WAIT_S,
@@ -183,3 +188,43 @@ async def test_the_project_key_only_travels_on_the_controller_credential_topic(
     report = next(p for t, p, _ in seen if "/device/" in t)
     assert b"project_key_fingerprint" in report and key not in report
     assert PROJECT_KEY not in capsys.readouterr().out
+
+
+async def test_jobs_beyond_the_upload_slots_wait_for_the_radio(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """Two jobs, one upload slot: both run, but their uploads never overlap."""
+    link = LinkProfile(
+        name="slow", latency_s=0.002, bandwidth_bytes_per_s=40_000, buf_size_bytes=512, buf_count=4
+    )
+    fleet = Fleet(
+        tuple(
+            DeviceSpec(
+                s, firmware=FAST_FIRMWARE, link=link, project_key=PROJECT_KEY, hardware_version=HARDWARE
+            )
+            for s in ("D1", "D2")
+        )
+    )
+    async with (
+        CloudEmulator() as cloud,
+        FleetServer(fleet, base_host="127.0.0.1", port_per_device=True) as devices,
+        controller_probe(broker) as probe,
+    ):
+        release = publish_release(cloud, "1.1.0", payload_size_bytes=80_000)
+        settings = agent_settings("gw-1", broker, tmp_path / "agent", list(devices.endpoints.values()))
+        settings = msgspec.structs.replace(
+            settings, jobs=msgspec.structs.replace(settings.jobs, concurrency=2, upload_slots=1)
+        )
+        async with running_agent(settings):
+            await probe.wait_for(lambda: {"D1", "D2"} <= set(probe.reports))
+            probe.send("gw-1", ota_command("job-a", "D1", release))
+            probe.send("gw-1", ota_command("job-b", "D2", release))
+            await probe.wait_for(lambda: {"job-a", "job-b"} <= set(probe.results), timeout_s=60)
+    assert all(probe.results[job].outcome is JobOutcome.SUCCEEDED for job in ("job-a", "job-b"))
+    uploading = {
+        job: [p.at for p in probe.progress if p.job_id == job and p.phase is JobPhase.UPLOADING]
+        for job in ("job-a", "job-b")
+    }
+    first, second = sorted(uploading.values(), key=min)
+    assert len(first) >= 2 and len(second) >= 2, uploading  # each upload took more than a second
+    assert max(first) <= min(second), "the second upload started while the first was running"
