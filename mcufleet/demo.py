@@ -281,8 +281,11 @@ async def operate(
     tree = TopicTree()
     with console.status("discovering devices through the gateways..."):
         while True:
-            known = len(await controller.executor.call(controller.store.project_keys))
-            if known >= devices:
+            # Reports (the registry) and credentials (the keys) travel separately: wait for both,
+            # or the plan would leave out devices whose reports are still being written.
+            keys = len(await controller.executor.call(controller.store.project_keys))
+            known = len(await controller.executor.call(controller.store.devices))
+            if min(keys, known) >= devices:
                 break
             await asyncio.sleep(0.2)
     console.print(f"controller knows {devices} devices and their Memfault project keys")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,3 +26,10 @@ def test_demo_runs_a_rollout_to_its_summary() -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "completed" in result.stdout
     assert "devices updated" in result.stdout and "/metrics  (controller)" in result.stdout
+    # Every device is in the plan (none left out because its report was still being written) ...
+    waves = re.search(r"waves \[([\d, ]+)\], (\d+) excluded", result.stdout)
+    assert waves is not None, result.stdout
+    assert sum(int(n) for n in waves.group(1).split(",")) + int(waves.group(2)) == 10
+    # ... and every planned device ends updated or failed with a reason.
+    counts = [int(n) for n in re.findall(r"│ (?:devices updated|failed: \w+) +│ +(\d+) │", result.stdout)]
+    assert sum(counts) == 10, result.stdout
