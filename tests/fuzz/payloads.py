@@ -9,12 +9,14 @@ rejected.
 from __future__ import annotations
 
 import json
+from typing import TypeVar
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import ContractError, TopicKind, channels
 
+T = TypeVar("T")
 _JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40)
 JSON_VALUES = st.recursive(
     _JSON_SCALARS,
@@ -63,25 +65,30 @@ def hostile(valid: bytes) -> st.SearchStrategy[bytes]:
     )
 
 
-def refused(kind: TopicKind, valid: bytes, count: int) -> list[bytes]:
-    """`count` distinct hostile payloads for `kind` that the contract's decoder refuses."""
-    found: dict[bytes, None] = {}
+def drawn(strategy: st.SearchStrategy[T], count: int) -> list[T]:
+    """`count` examples of `strategy`, drawn once and reproducibly (derandomized)."""
+    found: list[T] = []
 
     @settings(
-        max_examples=count * 8,
+        max_examples=count,
         database=None,
         derandomize=True,
         deadline=None,
         suppress_health_check=list(HealthCheck),
     )
-    @given(hostile(valid))
-    def collect(payload: bytes) -> None:
-        if len(found) < count and _is_refused(kind, payload):
-            found[payload] = None
+    @given(strategy)
+    def collect(example: T) -> None:
+        found.append(example)
 
     collect()
-    assert len(found) == count, f"only {len(found)} refused payloads for {kind}"
-    return list(found)
+    return found
+
+
+def refused(kind: TopicKind, valid: bytes, count: int) -> list[bytes]:
+    """`count` distinct hostile payloads for `kind` that the contract's decoder refuses."""
+    found = list(dict.fromkeys(p for p in drawn(hostile(valid), count * 8) if _is_refused(kind, p)))
+    assert len(found) >= count, f"only {len(found)} refused payloads for {kind}"
+    return found[:count]
 
 
 def _is_refused(kind: TopicKind, payload: bytes) -> bool:

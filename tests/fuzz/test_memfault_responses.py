@@ -13,13 +13,12 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.errors import MemfaultError
 from controller.memfault import MemfaultClient, MemfaultSettings
 from controller.releases import DeviceQuery, DeviceRefused, ReleaseOffer, UpToDate
-from tests.fuzz.payloads import JSON_VALUES, mutations
+from tests.fuzz.payloads import JSON_VALUES, drawn, mutations
 
 pytestmark = pytest.mark.integration
 EXAMPLES = 150
@@ -122,20 +121,7 @@ class ScriptedServer:
 
 def drawn_responses() -> list[bytes]:
     """The hypothesis examples, gathered once (the server lives on the test's event loop)."""
-    found: list[bytes] = []
-
-    @settings(
-        max_examples=EXAMPLES,
-        database=None,
-        derandomize=True,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(responses())
-    def collect(response: bytes) -> None:
-        found.append(response)
-
-    collect()
+    found = drawn(responses(), EXAMPLES)
     # Always included: a release whose version is not UTF-8 (msgspec raises UnicodeDecodeError).
     body = VALID_RELEASE.replace(b'"1.1.0"', b'"1.\xe1(.0"')
     found.append(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))

@@ -18,7 +18,6 @@ from typing import cast
 
 import cbor2
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.device_link import udp_link
@@ -27,7 +26,7 @@ from agent.smp import commands
 from schemas import JobOutcome
 from simulator.cloud import CloudEmulator
 from simulator.device import BootOutcome
-from tests.fuzz.payloads import JSON_VALUES
+from tests.fuzz.payloads import JSON_VALUES, drawn
 from tests.harness.broker import MosquittoBroker
 from tests.integration.world import (
     agent_settings,
@@ -77,21 +76,7 @@ MUTATIONS: st.SearchStrategy[Mutation] = st.one_of(
 
 def drawn_mutations(count: int) -> list[Mutation]:
     """`count` mutations, drawn once by hypothesis."""
-    found: list[Mutation] = []
-
-    @settings(
-        max_examples=count,
-        database=None,
-        derandomize=True,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(MUTATIONS)
-    def collect(mutation: Mutation) -> None:
-        found.append(mutation)
-
-    collect()
-    return found
+    return drawn(MUTATIONS, count)
 
 
 class CorruptingProxy(asyncio.DatagramProtocol):
