@@ -19,6 +19,7 @@ from bleak.exc import BleakError
 
 from agent.device_link import TransportLink
 from agent.discovery import Inventory
+from agent.session import SessionCounters
 from agent.settings import BleConfig
 from agent.transport.ble import SMP_SERVICE_UUID, AdapterLimits, BleTransport
 from schemas import Transport
@@ -37,6 +38,7 @@ class BleDiscovery:
         inventory: Inventory,
         *,
         smp_timeout_s: float,
+        smp_counters: SessionCounters | None = None,
         scanner_backend: type[BaseBleakScanner] | None = None,
         client_backend: type[BaseBleakClient] | None = None,
     ) -> None:
@@ -44,6 +46,7 @@ class BleDiscovery:
         self.settings = settings
         self._inventory = inventory
         self._smp_timeout_s = smp_timeout_s
+        self._smp_counters = smp_counters
         self._scanner_backend = scanner_backend
         self._client_backend = client_backend
         self._limits = {
@@ -73,6 +76,7 @@ class BleDiscovery:
                 adapter=limits,
             ),
             timeout_s=self._smp_timeout_s,
+            counters=self._smp_counters,
             handshake_timeout_s=self._smp_timeout_s,
         )
         self._inventory.add_endpoint(link, Transport.BLE, advertisement.rssi)

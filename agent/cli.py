@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from agent.device_link import DeviceLink, udp_link
 from agent.errors import AgentError
 from agent.service import AgentService
+from agent.session import SessionCounters
 from agent.settings import AgentSettings, UdpDevice
 from service_runtime.config import load_config
 from service_runtime.errors import ServiceRuntimeError
@@ -53,9 +54,9 @@ def run(argv: Sequence[str]) -> int:
     return 0
 
 
-def make_udp_link(device: UdpDevice, timeout_s: float) -> DeviceLink:
+def make_udp_link(device: UdpDevice, timeout_s: float, counters: SessionCounters) -> DeviceLink:
     """The concrete link for a configured UDP device."""
-    return udp_link(device.host, device.port, timeout_s=timeout_s)
+    return udp_link(device.host, device.port, timeout_s=timeout_s, counters=counters)
 
 
 async def serve(settings: AgentSettings) -> None:
@@ -68,7 +69,7 @@ async def serve(settings: AgentSettings) -> None:
             settings,
             registry=registry,
             http=http,
-            make_udp_link=lambda device: make_udp_link(device, timeout_s),
+            make_udp_link=lambda device, counters: make_udp_link(device, timeout_s, counters),
             notifier=SystemdNotifier(),
         )
         loop = asyncio.get_running_loop()

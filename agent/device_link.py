@@ -3,7 +3,7 @@
 from collections.abc import Callable
 from typing import Protocol
 
-from agent.session import SmpSession
+from agent.session import SessionCounters, SmpSession
 from agent.transport.base import SmpTransport
 from agent.transport.udp import UdpTransport
 
@@ -32,16 +32,18 @@ class TransportLink:
         *,
         timeout_s: float,
         handshake_timeout_s: float,
+        counters: SessionCounters | None = None,
     ) -> None:
-        """Reach `address` through transports made by `make_transport`."""
+        """Reach `address` through transports made by `make_transport`; sessions count into `counters`."""
         self.address = address
+        self._counters = counters
         self._make_transport = make_transport
         self._timeout_s = timeout_s
         self._handshake_timeout_s = handshake_timeout_s
 
     async def connect(self, handshake_timeout_s: float | None = None) -> SmpSession:
         """Open a session and read the MCUmgr parameters (a connect counts only after a round trip)."""
-        session = SmpSession(self._make_transport(), timeout_s=self._timeout_s)
+        session = SmpSession(self._make_transport(), timeout_s=self._timeout_s, counters=self._counters)
         await session.open()
         try:
             await session.handshake(handshake_timeout_s or self._handshake_timeout_s)
@@ -52,7 +54,12 @@ class TransportLink:
 
 
 def udp_link(
-    host: str, port: int, *, timeout_s: float = 2.5, handshake_timeout_s: float = 2.0
+    host: str,
+    port: int,
+    *,
+    timeout_s: float = 2.5,
+    handshake_timeout_s: float = 2.0,
+    counters: SessionCounters | None = None,
 ) -> TransportLink:
     """A link to an SMP-over-UDP device at `host:port`."""
     return TransportLink(
@@ -60,4 +67,5 @@ def udp_link(
         lambda: UdpTransport(host, port),
         timeout_s=timeout_s,
         handshake_timeout_s=handshake_timeout_s,
+        counters=counters,
     )

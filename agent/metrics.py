@@ -41,6 +41,19 @@ class AgentCollector(Collector):
         yield CounterMetricFamily(
             "mcufleet_agent_reports_published", "Device reports queued", value=stats.reports
         )
+        smp = service.smp_counters
+        yield CounterMetricFamily("mcufleet_agent_smp_requests", "SMP requests sent", value=smp.requests)
+        yield CounterMetricFamily(
+            "mcufleet_agent_smp_timeouts", "SMP requests that got no reply in time", value=smp.timeouts
+        )
+        dropped = CounterMetricFamily(
+            "mcufleet_agent_smp_replies_dropped",
+            "SMP replies dropped: malformed frames, or replies matching no pending request",
+            labels=["reason"],
+        )
+        dropped.add_metric(["malformed"], smp.malformed_replies)
+        dropped.add_metric(["stray"], smp.stray_replies)
+        yield dropped
         jobs = CounterMetricFamily("mcufleet_agent_jobs", "Jobs finished, by outcome", labels=["outcome"])
         for outcome in JobOutcome:
             jobs.add_metric([outcome.value], service.runner.outcomes.get(outcome, 0))

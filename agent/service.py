@@ -31,6 +31,7 @@ from agent.jobs import JobRunner, RunnerSettings
 from agent.journal import Journal
 from agent.metrics import AgentCollector
 from agent.ota import JobSettings
+from agent.session import SessionCounters
 from agent.settings import AgentSettings, UdpDevice
 from schemas import (
     CancelJob,
@@ -112,7 +113,7 @@ class AgentService:
         *,
         registry: CollectorRegistry,
         http: httpx.AsyncClient,
-        make_udp_link: Callable[[UdpDevice], DeviceLink],
+        make_udp_link: Callable[[UdpDevice, SessionCounters], DeviceLink],
         notifier: SystemdNotifier | None = None,
         ble_backends: BleBackends | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -134,8 +135,10 @@ class AgentService:
         self.inventory = Inventory(
             settings.discovery, on_change=self._publish_device, now=now, monotonic=monotonic
         )
+        self.smp_counters = SessionCounters()
+        """Totals over every SMP session of this agent (requests, timeouts, malformed replies)."""
         for device in settings.udp_devices:
-            self.inventory.add_endpoint(make_udp_link(device), Transport.UDP)
+            self.inventory.add_endpoint(make_udp_link(device, self.smp_counters), Transport.UDP)
         self.ble: BleDiscovery | None = None
         if settings.ble.enabled:
             backends = ble_backends or BleBackends()
@@ -143,6 +146,7 @@ class AgentService:
                 settings.ble,
                 self.inventory,
                 smp_timeout_s=settings.discovery.smp_timeout_s,
+                smp_counters=self.smp_counters,
                 scanner_backend=backends.scanner,
                 client_backend=backends.client,
             )

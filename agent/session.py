@@ -38,11 +38,20 @@ class SessionCounters:
 class SmpSession:
     """Sends SMP requests to one device over one transport and matches their replies."""
 
-    def __init__(self, transport: SmpTransport, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        """Wrap `transport`; call `open()` before the first request."""
+    def __init__(
+        self,
+        transport: SmpTransport,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        counters: SessionCounters | None = None,
+    ) -> None:
+        """Wrap `transport`; call `open()` before the first request.
+
+        `counters` may be shared by many sessions (a process's totals for its metrics).
+        """
         self.transport = transport
         self.timeout_s = timeout_s
-        self.counters = SessionCounters()
+        self.counters = counters or SessionCounters()
         self.params: commands.McumgrParams | None = None
         self._lock = asyncio.Lock()
         self._pending: dict[int, asyncio.Future[Reply]] = {}

@@ -217,7 +217,7 @@ async def _agent(settings: AgentSettings, http: httpx.AsyncClient) -> AsyncItera
         settings,
         registry=registry,
         http=http,
-        make_udp_link=lambda d: udp_link(d.host, d.port, timeout_s=1.5),
+        make_udp_link=lambda d, counters: udp_link(d.host, d.port, timeout_s=1.5, counters=counters),
     )
     metrics = MetricsServer(registry, "127.0.0.1", settings.metrics.port)
     metrics.start()

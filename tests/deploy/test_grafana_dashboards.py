@@ -1,70 +1,69 @@
-"""The Grafana dashboards against a real Prometheus scraping a live agent and controller.
+"""The Grafana dashboards, checked without running anything: datasource, variables, PromQL, names.
 
-A small rollout runs through the real broker, the simulator, an agent and the controller, each
-serving `/metrics`. Debian's Prometheus scrapes both every second with the recording rules of
-deploy/prometheus loaded. Then every panel and variable query of every dashboard is sent to it:
-each must parse, name only series the processes (or the recording rules) really export, keep
-the labels it groups by, and return data.
+Every panel target (rows included) and every query variable of every dashboard under
+deploy/grafana/dashboards is extracted, its Grafana variables filled as Grafana would, and then:
+it must parse (promtool, i.e. Prometheus's own parser, checks each one as a recording rule
+expression), and every series it reads must be one a real agent or controller exports (read from
+the registries the services build, not from a list kept here) or one the recording rules produce.
+tests/deploy/test_prometheus_live.py runs the same queries against a real Prometheus with data.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
-from schemas import RolloutSpec, WaveSpec
-from service_runtime.metrics_http import MetricsServer
-from simulator.cloud import CloudEmulator
-from simulator.device import FaultPlan
 from tests.deploy.dashboards import (
     DASHBOARDS,
     DATASOURCE_UID,
+    GLOBAL_VARIABLES,
+    ROOT,
+    SCRAPE_SERIES,
     PanelQuery,
+    all_queries,
+    exported_names,
+    grouping_labels,
     load,
     metric_names,
     panels,
     queries,
-)
-from tests.harness.broker import MosquittoBroker
-from tests.harness.ports import free_tcp_port
-from tests.integration.test_rollout_e2e import create_and_start, registry_has
-from tests.integration.world import (
-    agent_settings,
-    operator_client,
-    publish_release,
-    running_agent,
-    running_controller,
-    simulated_devices,
-    wait_until,
+    recorded_series,
+    recording_rules,
+    template_variables,
 )
 
-pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
-RULES = ROOT / "deploy/prometheus/rules/mcufleet.rules.yml"
-ROLLOUT = "r-dash"
-DATA_WAIT_S = 60.0
-_GROUPING = re.compile(r"\b(?:sum|max|min|avg|count)\s+by\s*\(([^)]*)\)")
+_PROMTOOL_ERROR = re.compile(r'"grafana:query_(\d+)": (.*)$', re.MULTILINE)
 
 
-def all_queries() -> list[PanelQuery]:
-    """Every query of every dashboard."""
-    return [query for path in DASHBOARDS for query in queries(path)]
+def static_values(path: Path) -> dict[str, str]:
+    """A value for each variable of a dashboard: its current value, else a placeholder."""
+    values = {}
+    for variable in template_variables(load(path)):
+        current = variable.get("current") or {}
+        value = current.get("value") if isinstance(current, dict) else None
+        values[variable["name"]] = str(value) if isinstance(value, str) and value else "placeholder"
+    return values
 
 
-def recorded_series() -> set[str]:
-    """Names the recording rules produce."""
-    groups = yaml.safe_load(RULES.read_text())["groups"]
-    return {rule["record"] for group in groups for rule in group["rules"] if "record" in rule}
+def filled_queries() -> list[tuple[PanelQuery, str]]:
+    """Every query with its variables filled."""
+    return [(query, query.filled(static_values(path))) for path in DASHBOARDS for query in queries(path)]
+
+
+def test_there_are_dashboards_with_queries() -> None:
+    """The dashboards exist and each has queries (a broken walk would make every check vacuous)."""
+    assert {path.name for path in DASHBOARDS} >= {
+        "fleet-overview.json",
+        "gateway-detail.json",
+        "rollout-detail.json",
+    }
+    for path in DASHBOARDS:
+        assert queries(path), path.name
 
 
 def test_every_panel_uses_the_provisioned_datasource() -> None:
@@ -74,146 +73,116 @@ def test_every_panel_uses_the_provisioned_datasource() -> None:
     )
     assert [source["uid"] for source in provisioned["datasources"]] == [DATASOURCE_UID]
     for path in DASHBOARDS:
-        for panel in panels(load(path)):
+        document = load(path)
+        for panel in panels(document):
             if panel.get("type") == "row":
                 continue
             assert panel["datasource"]["uid"] == DATASOURCE_UID, (path.name, panel.get("title"))
             assert panel.get("targets"), (path.name, panel.get("title"))
             for target in panel["targets"]:
                 assert target["datasource"]["uid"] == DATASOURCE_UID, (path.name, panel.get("title"))
+        for variable in template_variables(document):
+            if variable.get("type") == "query":
+                assert variable["datasource"]["uid"] == DATASOURCE_UID, (path.name, variable["name"])
 
 
-@contextlib.contextmanager
-def running_prometheus(tmp_path: Path, controller_port: int, agent_port: int) -> Iterator[str]:
-    """Debian's Prometheus scraping both processes every second; yields its base URL."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("prometheus not found: run `make test` (it installs Debian's prometheus package)")
-    port = free_tcp_port()
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
-        "scrape_configs": [
-            {
-                "job_name": "mcufleet-controller",
-                "static_configs": [{"targets": [f"127.0.0.1:{controller_port}"]}],
-            },
-            {"job_name": "mcufleet-agent", "static_configs": [{"targets": [f"127.0.0.1:{agent_port}"]}]},
-        ],
+def test_every_variable_a_query_uses_is_defined() -> None:
+    """`$name` in a query is a variable of its dashboard or one of Grafana's globals, never a typo.
+
+    Grafana leaves an unknown `$name` in the query, and Prometheus then rejects it or, inside a
+    label value, silently matches nothing.
+    """
+    for path in DASHBOARDS:
+        defined = {variable["name"] for variable in template_variables(load(path))}
+        for query in queries(path):
+            unknown = query.variables() - defined - set(GLOBAL_VARIABLES)
+            assert not unknown, f"{query.where}: undefined variables {unknown} in {query.expr}"
+
+
+def test_every_query_parses(tmp_path: Path) -> None:
+    """Prometheus's parser (promtool, each query as a recording rule) accepts every query.
+
+    The parser type-checks too: `rate()` of an instant vector or a binary operation between
+    incompatible types is a parse error, as it would be in Grafana's panel.
+    """
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found: run `make test` (it installs Debian's prometheus package)")
+    filled = filled_queries()
+    document = {
+        "groups": [
+            {"name": f"{index} {query.where}", "rules": [{"record": f"grafana:query_{index}", "expr": expr}]}
+            for index, (query, expr) in enumerate(filled)
+        ]
     }
-    config_path = tmp_path / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(config))
-    log = (tmp_path / "prometheus.log").open("wb")
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config_path}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    rules = tmp_path / "dashboard-queries.rules.yml"
+    rules.write_text(yaml.safe_dump(document))
+    result = subprocess.run(
+        [promtool, "check", "rules", "--lint=none", str(rules)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    errors = [
+        f"{filled[int(index)][0].where}: {filled[int(index)][1]}\n    {error}"
+        for index, error in _PROMTOOL_ERROR.findall(result.stdout + result.stderr)
+    ]
+    assert not errors, "queries Prometheus cannot parse:\n" + "\n".join(errors)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(filled)} rules found" in result.stdout, result.stdout
 
 
-@contextlib.asynccontextmanager
-async def serving(registry: CollectorRegistry) -> AsyncIterator[int]:
-    """`/metrics` of one registry on a free loopback port; yields the port."""
-    server = MetricsServer(registry)
-    server.start()
-    try:
-        yield server.port
-    finally:
-        server.stop()
+async def test_every_query_reads_only_exported_or_recorded_series(tmp_path: Path) -> None:
+    """Each series name a query reads is exported by the agent or controller, or recorded.
+
+    The exported names come from the registries a real AgentService and ControllerService build,
+    with each family's scrape suffixes (`_total`, `_bucket`...), so a renamed metric, a missing
+    `_total` or a made-up name fails here.
+    """
+    known = await exported_names(tmp_path) | recorded_series() | SCRAPE_SERIES
+    read = set()
+    for query, expr in filled_queries():
+        names = metric_names(expr)
+        assert names, f"{query.where}: reads no series: {expr}"
+        assert names <= known, f"{query.where} reads {names - known}, which nothing exports: {expr}"
+        read |= names
+    # The recorded series the dashboards read are built from exported series too.
+    for rule in recording_rules():
+        if rule["record"] in read:
+            inputs = metric_names(rule["expr"])
+            assert inputs <= known, f"rule {rule['record']} reads {inputs - known}, which nothing exports"
 
 
-async def query(http: httpx.AsyncClient, base_url: str, expr: str) -> dict[str, Any]:
-    """Prometheus's answer to an instant query (status and data, or errorType and error)."""
-    response = await http.get(f"{base_url}/api/v1/query", params={"query": expr})
-    answer: dict[str, Any] = response.json()
-    return answer
+def test_label_values_variables_name_a_label_and_a_series() -> None:
+    """A `label_values(series, label)` variable reads a series and does not group the label away."""
+    variables = [query for query in all_queries() if query.label is not None]
+    assert variables, "the gateway and rollout dashboards select by variable"
+    for query in variables:
+        assert metric_names(query.expr), query.where
+        assert not grouping_labels(query.expr) or query.label in grouping_labels(query.expr), query.where
 
 
-async def exported_names(http: httpx.AsyncClient, *ports: int) -> set[str]:
-    """Metric family names as the processes expose them (suffixes included)."""
-    names = set()
-    for port in ports:
-        text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
-        for line in text.splitlines():
-            if line.startswith("# TYPE "):
-                names.add(line.split()[2])  # also families without samples yet (no label set seen)
-            elif line and not line.startswith("#"):
-                names.add(line.split("{")[0].split(" ")[0])
-    return names
+@pytest.mark.parametrize(
+    ("expr", "names"),
+    [
+        ('sum by (a, b) (rate(x_total{c="by (d)"}[5m])) / on(e) group_left(f) y', {"x_total", "y"}),
+        ("sum without (a) (x) > bool 1 or vector(0)", {"x"}),
+        ("sum(x) by (a) and on() y offset 5m unless z @ start()", {"x", "y", "z"}),
+        ("histogram_quantile(0.9, sum by (le) (rate(h_bucket[1m:15s])))", {"h_bucket"}),
+        ('topk(5, count_values("v", a:rec:rate5m)) * -1e-3 + Inf', {"a:rec:rate5m"}),
+        ('label_replace({__name__="x", a="b"}, "d", "$1", "s", "(.*)")', {"x"}),
+        ("max_over_time(deriv(x[5m])[1h:1m])", {"x"}),
+    ],
+)
+def test_metric_names_are_extracted_by_tokens(expr: str, names: set[str]) -> None:
+    """The name extractor finds series among functions, groupings, strings, ranges and keywords."""
+    assert metric_names(expr) == names
 
 
-async def test_every_dashboard_query_returns_data_from_live_processes(
-    broker: MosquittoBroker, tmp_path: Path
-) -> None:
-    """Parse, names, grouping labels and data: every query, against a real scrape of a real run."""
-    serials = [f"DEV-{i}" for i in range(5)]
-    controller_registry, agent_registry = CollectorRegistry(), CollectorRegistry()
-    async with (
-        CloudEmulator() as cloud,
-        simulated_devices(serials) as devices,
-        running_controller(
-            broker, cloud.base_url, f"sqlite:///{tmp_path / 'c.sqlite3'}", registry=controller_registry
-        ) as controller,
-        running_agent(
-            agent_settings("gw-0", broker, tmp_path / "gw-0", list(devices.endpoints.values())),
-            registry=agent_registry,
-        ),
-        serving(controller_registry) as controller_port,
-        serving(agent_registry) as agent_port,
-        operator_client(broker) as client,
-        httpx.AsyncClient(timeout=10) as http,
-    ):
-        publish_release(cloud, "1.1.0")
-        # One device reverts, so failure panels (outcomes, reasons, failure ratio) have data too.
-        devices.device(serials[0]).faults = FaultPlan(bad_build_versions=frozenset({"1.1.0"}))
-        await wait_until(lambda: registry_has(controller, len(serials)))
-        with running_prometheus(tmp_path, controller_port, agent_port) as prometheus:
-            await create_and_start(
-                client,
-                ROLLOUT,
-                RolloutSpec(software_type="app", target_version="1.1.0", waves=[WaveSpec(percent=100)]),
-            )
-            variables = {"instance": f"127.0.0.1:{agent_port}", "rollout": ROLLOUT}
-            pending = {q: q.filled(variables) for q in all_queries()}
-            answers: dict[PanelQuery, dict[str, Any]] = {}
-
-            async def all_have_data() -> bool:
-                for panel_query, expr in list(pending.items()):
-                    answer = await query(http, prometheus, expr)
-                    answers[panel_query] = answer
-                    assert answer["status"] == "success", (panel_query, answer)  # it parses
-                    if answer["data"]["result"]:
-                        del pending[panel_query]
-                return not pending
-
-            try:
-                await wait_until(all_have_data, timeout_s=DATA_WAIT_S, poll_s=1.0)
-            except TimeoutError:
-                empty = [f"{q.dashboard}: {q.title}: {expr}" for q, expr in pending.items()]
-                raise AssertionError("queries without data:\n" + "\n".join(empty)) from None
-            known = await exported_names(http, controller_port, agent_port) | recorded_series()
-
-    for panel_query, answer in answers.items():
-        unknown = metric_names(panel_query.expr) - known
-        assert not unknown, (
-            f"{panel_query.dashboard}: {panel_query.title} reads {unknown}, which nothing exports"
-        )
-        for grouping in _GROUPING.findall(panel_query.expr):
-            labels = {label.strip() for label in grouping.split(",") if label.strip()}
-            for series in answer["data"]["result"]:
-                assert labels <= set(series["metric"]), (panel_query, series)
+def test_metric_names_refuse_what_they_do_not_understand() -> None:
+    """An unfilled variable or an ambiguous `__name__` matcher is an error, never a silent miss."""
+    with pytest.raises(ValueError, match="tokenize"):
+        metric_names("rate(x[$__rate_interval])")
+    with pytest.raises(ValueError, match="__name__"):
+        metric_names('{__name__=~"mcufleet_.*"}')

@@ -19,6 +19,7 @@ from typing import cast
 import cbor2
 import pytest
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from agent.device_link import udp_link
 from agent.errors import AgentError
@@ -124,7 +125,8 @@ async def test_garbage_upload_replies_fail_the_job_cleanly(broker: MosquittoBrok
         port = transport.get_extra_info("sockname")[1]
         try:
             settings_ = agent_settings("gw-1", broker, tmp_path / "agent", [("127.0.0.1", port)])
-            async with running_agent(settings_):
+            registry = CollectorRegistry()
+            async with running_agent(settings_, registry=registry):
                 await probe.wait_for(lambda: "D1" in probe.reports)
                 proxy.corrupting = True
                 probe.send("gw-1", ota_command("job-garbage", "D1", release))
@@ -133,6 +135,12 @@ async def test_garbage_upload_replies_fail_the_job_cleanly(broker: MosquittoBrok
                 assert failed.outcome is JobOutcome.FAILED and failed.retryable and failed.reason, failed
                 assert proxy.corrupted > 0
                 assert not [b for b in devices.device("D1").boots if b.outcome is BootOutcome.SWAPPED]
+                dropped = registry.get_sample_value(
+                    "mcufleet_agent_smp_replies_dropped_total", {"reason": "malformed"}
+                )
+                timeouts = registry.get_sample_value("mcufleet_agent_smp_timeouts_total")
+                assert (dropped or 0) + (timeouts or 0) > 0  # every bad reply is counted as one or the other
+                assert dropped, "malformed replies are counted in the agent's metrics"
 
                 proxy.corrupting = False
                 probe.send("gw-1", ota_command("job-clean", "D1", release))

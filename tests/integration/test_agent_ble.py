@@ -69,7 +69,7 @@ async def test_update_over_simulated_ble(broker: MosquittoBroker, tmp_path: Path
                 settings,
                 registry=CollectorRegistry(),
                 http=http,
-                make_udp_link=lambda device: udp_link(device.host, device.port),
+                make_udp_link=lambda device, counters: udp_link(device.host, device.port, counters=counters),
                 ble_backends=BleBackends(scanner=SimulatedScanner, client=SimulatedGattClient),
             )
             task = asyncio.create_task(service.run())

@@ -171,10 +171,11 @@ async def test_the_project_key_only_travels_on_the_controller_credential_topic(
     """Reports carry a fingerprint; the key itself is sent once, unretained, on the credential topic."""
     async with simulated_devices(["D1"]) as devices:
         settings = agent_settings("gw-1", broker, tmp_path / "agent", list(devices.endpoints.values()))
-        async with running_agent(settings), aiomqtt.Client(broker.host, broker.port, identifier="spy") as spy:
+        # The spy listens before the agent starts: the credential is sent once, unretained.
+        async with aiomqtt.Client(broker.host, broker.port, identifier="spy") as spy:
             await spy.subscribe("#", qos=1)
             seen: list[tuple[str, bytes, bool]] = []
-            async with asyncio.timeout(WAIT_S):
+            async with running_agent(settings), asyncio.timeout(WAIT_S):
                 async for message in spy.messages:
                     assert isinstance(message.payload, bytes)
                     seen.append((message.topic.value, message.payload, message.retain))

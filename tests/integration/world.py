@@ -107,7 +107,9 @@ async def running_agent(
             settings,
             registry=registry or CollectorRegistry(),
             http=http,
-            make_udp_link=lambda device: udp_link(device.host, device.port, timeout_s=1.0),
+            make_udp_link=lambda device, counters: udp_link(
+                device.host, device.port, timeout_s=1.0, counters=counters
+            ),
         )
         task = asyncio.create_task(service.run())
         try:
