@@ -23,9 +23,13 @@ def run_one(module: str) -> dict[str, float]:
     """Run `bench.<module>` in a fresh interpreter and return its figures."""
     code = f"import json, bench.{module} as b; print(json.dumps(b.run()))"
     started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT_S, check=False
-    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        sys.stderr.write(f"bench {module} ran past {TIMEOUT_S} s and was stopped\n")
+        return {}
     if result.returncode != 0:
         sys.stderr.write(f"bench {module} failed:\n{result.stderr[-4000:]}\n")
         return {}
