@@ -8,13 +8,13 @@ gateway views come from each agent's own metrics.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from schemas import RolloutStatus
+from schemas import GateVerdict, JobOutcome, OperatorRequest, ReasonCode, ReplyStatus, RolloutStatus
 
 if TYPE_CHECKING:
     from controller.service import ControllerService
@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 Family = GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily
+
+
+OPERATOR_OPS = tuple(str(member.__struct_config__.tag) for member in get_args(OperatorRequest))
+"""Every operator request kind, as counted by op."""
+MEMFAULT_STATUSES = ("200", "204", "400", "403", "429", "500", "502", "503", "malformed", "transport_error")
+"""Statuses the Memfault client counts from 0 (others appear as they happen)."""
 
 
 class ControllerCollector(Collector):
@@ -87,7 +93,8 @@ class ControllerCollector(Collector):
         requests = CounterMetricFamily(
             "mcufleet_controller_memfault_requests", "Memfault API requests by HTTP status", labels=["status"]
         )
-        for status, count in sorted(stats.requests_by_status.items()):
+        statuses = dict.fromkeys(MEMFAULT_STATUSES, 0)
+        for status, count in sorted({**statuses, **stats.requests_by_status}.items()):
             requests.add_metric([status], count)
         yield requests
         yield CounterMetricFamily(
@@ -116,13 +123,16 @@ class ControllerCollector(Collector):
         jobs = CounterMetricFamily(
             "mcufleet_controller_jobs", "Jobs finished, by outcome and reason", labels=["outcome", "reason"]
         )
-        for (outcome, reason), count in sorted(coordinator.stats.jobs.items()):
+        # Every known label set from 0, so increase() and rate() see the first event too.
+        job_counts = {(o.value, r.value): 0 for o in JobOutcome for r in ReasonCode}
+        for (outcome, reason), count in sorted({**job_counts, **coordinator.stats.jobs}.items()):
             jobs.add_metric([outcome, reason], count)
         yield jobs
         gates = CounterMetricFamily(
             "mcufleet_controller_gate_decisions", "Gate decisions that changed a rollout", labels=["verdict"]
         )
-        for verdict, count in sorted(coordinator.stats.gate_decisions.items()):
+        verdicts = {verdict.value: 0 for verdict in GateVerdict}
+        for verdict, count in sorted({**verdicts, **coordinator.stats.gate_decisions}.items()):
             gates.add_metric([verdict], count)
         yield gates
         yield CounterMetricFamily(
@@ -140,7 +150,8 @@ class ControllerCollector(Collector):
             "Operator requests by op and status",
             labels=["op", "status"],
         )
-        for (op, answer), count in sorted(coordinator.stats.operator_requests.items()):
+        known = {(op, status.value): 0 for op in OPERATOR_OPS for status in ReplyStatus}
+        for (op, answer), count in sorted({**known, **coordinator.stats.operator_requests}.items()):
             requests.add_metric([op, answer], count)
         yield requests
         per_rollout = GaugeMetricFamily(

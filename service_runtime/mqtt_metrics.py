@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from schemas import TopicKind
+
 
 class MqttMetrics:
     """Counters and gauges of an `MqttSession` (names prefixed `mcufleet_mqtt_`)."""
@@ -39,6 +41,14 @@ class MqttMetrics:
             ["kind"],
             registry=registry,
         )
+        # Series of the label values known in advance start at 0, so increase() counts their first event.
+        for reason in ("topic", "payload"):
+            self.rejected.labels(reason)
+        for kind in TopicKind:
+            self.received.labels(kind.value)
+            self.handler_errors.labels(kind.value)
+        for failure in ("MqttError", "MqttCodeError", "ConnectionRefusedError", "OSError"):
+            self.connection_failures.labels(failure)
         self.published = Counter(
             "mcufleet_mqtt_messages_published",
             "Outbound messages acknowledged by the broker",

@@ -3,9 +3,10 @@
 `queries(path)` walks every panel (rows nested or collapsed, old-style `rows` too) and every query
 variable of a dashboard and returns its PromQL. `PanelQuery.filled` replaces Grafana variables as
 Grafana would before sending the expression to Prometheus. `metric_names` lists the series an
-expression reads; it is a PromQL tokenizer, not a regex guess, and raises on anything it does not
-understand, so it can never skip a name silently (tests/deploy/test_grafana_dashboards.py checks it
-on tricky expressions). `exported_names` reads the real agent and controller registries.
+expression reads; it walks PromQL tokens (strings, ranges, matchers, calls and grouping lists set
+aside) and raises on text it cannot tokenize or a selector whose name it cannot tell, rather than
+skip a name silently (tests/deploy/test_grafana_dashboards.py checks it on tricky expressions).
+`exported_names` reads the registries a real agent and controller build.
 """
 
 from __future__ import annotations
