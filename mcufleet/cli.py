@@ -38,6 +38,9 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand(
         "contract", "export or check the MQTT contract (AsyncAPI, JSON Schema)", "mcufleet.contract:run"
     ),
+    Subcommand(
+        "dashboards", "export or check the Grafana dashboards (built from Python)", "mcufleet.dashboards:run"
+    ),
 )
 
 
