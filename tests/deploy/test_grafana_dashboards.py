@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mcufleet.cli import EXIT_USAGE, main
 from mcufleet.dashboards import drift, export
 from tests.deploy.dashboards import (
     DASHBOARD_DIRECTORY,
@@ -100,6 +101,18 @@ def test_cli_check_passes_on_the_checked_in_dashboards() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_cli_names_the_extra_when_the_sdk_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without the SDK, `mcufleet dashboards` says which extra to install instead of a traceback."""
+    monkeypatch.delitem(sys.modules, "mcufleet.dashboards")
+    for name in [name for name in sys.modules if name.partition(".")[0] == "grafana_foundation_sdk"]:
+        monkeypatch.setitem(sys.modules, name, None)  # importing it now raises ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "grafana_foundation_sdk", None)
+    assert main(["dashboards", "check"]) == EXIT_USAGE
+    assert "pip install 'mcufleet[dashboards]'" in capsys.readouterr().err
 
 
 def test_panels_tile_the_grid_without_overlapping() -> None:
