@@ -92,3 +92,8 @@ class AgentCollector(Collector):
             "Artifact bytes downloaded",
             value=cache.downloaded_bytes,
         )
+        yield CounterMetricFamily(
+            "mcufleet_agent_commands_fenced",
+            "Commands ignored because they came from a controller epoch below the highest obeyed",
+            value=service.fenced_commands,
+        )

@@ -14,6 +14,7 @@ import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from controller.gateway_trust import REFUSAL_LABELS
 from schemas import GateVerdict, JobOutcome, OperatorRequest, ReasonCode, ReplyStatus, RolloutStatus
 
 if TYPE_CHECKING:
@@ -48,6 +49,21 @@ class ControllerCollector(Collector):
         yield from self._ingest()
         yield from self._memfault()
         yield from self._rollouts()
+        yield self._refusals()
+
+    def _refusals(self) -> CounterMetricFamily:
+        refused = CounterMetricFamily(
+            "mcufleet_controller_gateway_messages_refused",
+            "Gateway messages not believed (foreign job results, refused project keys), by kind and reason",
+            labels=["kind", "reason"],
+        )
+        counts = dict.fromkeys(REFUSAL_LABELS, 0)
+        for source in (self._service.ingest.stats.refused, self._service.coordinator.stats.refused):
+            for key, count in source.items():
+                counts[key] = counts.get(key, 0) + count
+        for (kind, reason), count in sorted(counts.items()):
+            refused.add_metric([kind, reason], count)
+        return refused
 
     def _registry(self) -> Iterator[Family]:
         fleet = self._service.coordinator.fleet_view

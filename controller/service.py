@@ -118,7 +118,13 @@ class ControllerService:
         self._monotonic = monotonic
         self._notifier = notifier or SystemdNotifier({})
         self.lease_epoch: int | None = None
-        self.ingest = Ingest(store, self.executor, request_rebirth=self._request_rebirth, monotonic=monotonic)
+        self.ingest = Ingest(
+            store,
+            self.executor,
+            request_rebirth=self._request_rebirth,
+            monotonic=monotonic,
+            allowed_project_keys=settings.memfault.allowed_project_keys,
+        )
         self.coordinator = RolloutCoordinator(
             store,
             self.executor,
@@ -248,8 +254,7 @@ class ControllerService:
                     # controller that just connected asks each live gateway to publish them again.
                     self.ingest.request_rebirth_once(payload.gateway_id)
         elif kind is TopicKind.DEVICE_CREDENTIAL and isinstance(payload, DeviceCredential):
-            if payload.gateway_id == message.route.gateway_id:
-                await self.ingest.add_credential(payload)
+            await self.ingest.add_credential(payload, message.route.gateway_id or "", self._wall_clock())
         elif kind in INBOX_KINDS:
             await self.executor.call(
                 self.store.add_to_inbox,
@@ -258,6 +263,8 @@ class ControllerService:
                 message.response_topic,
                 message.correlation_data,
                 self._wall_clock(),
+                # The topic's gateway is what the broker ACL vouches for, not the payload's id.
+                sender=message.route.gateway_id or "",
             )
             self._inbox_ready.set()
 

@@ -102,22 +102,20 @@ async def running_agent(
     settings: AgentSettings, registry: CollectorRegistry | None = None
 ) -> AsyncIterator[AgentService]:
     """An AgentService running in this process until the block ends."""
-    async with httpx.AsyncClient(follow_redirects=False) as http:
-        service = AgentService(
-            settings,
-            registry=registry or CollectorRegistry(),
-            http=http,
-            make_udp_link=lambda device, counters: udp_link(
-                device.host, device.port, timeout_s=1.0, counters=counters
-            ),
-        )
-        task = asyncio.create_task(service.run())
-        try:
-            await asyncio.wait_for(service.session.connected.wait(), WAIT_S)
-            yield service
-        finally:
-            await service.stop()
-            await asyncio.wait_for(task, WAIT_S)
+    service = AgentService(
+        settings,
+        registry=registry or CollectorRegistry(),
+        make_udp_link=lambda device, counters: udp_link(
+            device.host, device.port, timeout_s=1.0, counters=counters
+        ),
+    )
+    task = asyncio.create_task(service.run())
+    try:
+        await asyncio.wait_for(service.session.connected.wait(), WAIT_S)
+        yield service
+    finally:
+        await service.stop()
+        await asyncio.wait_for(task, WAIT_S)
 
 
 @dataclass
