@@ -13,7 +13,7 @@ from psycopg import conninfo
 
 from controller.errors import StaleLease
 from controller.store.database import PostgresDatabase, SqliteDatabase
-from controller.store.fleet_store import FleetStore, RolloutRecord
+from controller.store.fleet_store import CredentialOffer, FleetStore, PendingKeyChange, RolloutRecord
 from schemas import (
     DeviceReport,
     DeviceSerial,
@@ -182,3 +182,43 @@ def test_inbox_items_leave_with_the_transition_that_handled_them(store: FleetSto
     )
     assert [i.payload for i in store.inbox()] == [b"q1"]
     assert store.reply_for("req-1") == b"accepted" and store.reply_for("req-2") is None
+
+
+def test_a_first_project_key_is_saved_and_a_different_one_waits(store: FleetStore) -> None:
+    """The first key (and the same key again) is saved; another key is parked until accepted."""
+    assert store.offer_credential("K1", "key-a", "fa", "gw-1", 1.0) is CredentialOffer.SAVED
+    assert store.offer_credential("K1", "key-a", "fa", "gw-2", 2.0) is CredentialOffer.SAVED
+    assert store.offer_credential("K1", "key-b", "fb", "gw-2", 3.0) is CredentialOffer.PENDING
+    assert store.offer_credential("K1", "key-b", "fb", "gw-2", 4.0) is CredentialOffer.PENDING_AGAIN
+    assert store.offer_credential("K1", "key-c", "fc", "gw-3", 5.0) is CredentialOffer.PENDING
+    assert store.project_key("K1") == "key-a"
+    assert store.pending_key_change("K1") == PendingKeyChange("K1", "fc", "gw-3", 5.0)
+
+
+def test_an_accepted_key_change_applies_only_to_the_named_fingerprint(store: FleetStore) -> None:
+    """Accepting a fingerprint that is not the pending one changes nothing; the pending one moves."""
+    store.offer_credential("K1", "key-a", "fa", "gw-1", 1.0)
+    store.offer_credential("K1", "key-b", "fb", "gw-2", 2.0)
+    epoch = store.acquire_lease("c1", 10.0, 30.0)
+    assert epoch is not None
+    store.save_transition(
+        lease_epoch=epoch, rollouts=[], commands=[], audit=[], now_s=11.0, accepted_key_changes=[("K1", "fz")]
+    )
+    assert store.project_key("K1") == "key-a"
+    store.save_transition(
+        lease_epoch=epoch, rollouts=[], commands=[], audit=[], now_s=12.0, accepted_key_changes=[("K1", "fb")]
+    )
+    assert store.project_key("K1") == "key-b"
+    assert store.pending_key_change("K1") is None
+
+
+def test_inbox_items_keep_their_sender_and_audit_lines_append(store: FleetStore) -> None:
+    """The inbox remembers which gateway's topic carried a job event; audit lines append unfenced."""
+    store.add_to_inbox("job_result", b"{}", "", b"", 1.0, sender="gw-7")
+    store.add_to_inbox("operator_request", b"{}", "reply/x", b"c", 2.0)
+    assert [(item.kind, item.sender) for item in store.inbox()] == [
+        ("job_result", "gw-7"),
+        ("operator_request", ""),
+    ]
+    store.append_audit([b'{"a":1}', b'{"a":2}'], 3.0)
+    assert store.audit_events()[-2:] == [b'{"a":1}', b'{"a":2}']

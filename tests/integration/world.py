@@ -250,6 +250,7 @@ async def running_controller(
     *,
     operator_keys: dict[str, str] | None = None,
     registry: CollectorRegistry | None = None,
+    allowed_project_keys: tuple[str, ...] = (),
     **scheduler: float,
 ) -> AsyncIterator[ControllerService]:
     """A ControllerService in this process, on its own store, talking to the cloud emulator."""
@@ -257,7 +258,9 @@ async def running_controller(
         controller_id=controller_id,
         mqtt=ControllerMqtt(host=broker.host, port=broker.port, username=""),
         store=StoreConfig(url=store_url),
-        memfault=MemfaultConfig(base_url=cloud_url, requests_per_s=1000.0),
+        memfault=MemfaultConfig(
+            base_url=cloud_url, requests_per_s=1000.0, allowed_project_keys=allowed_project_keys
+        ),
         metrics=ControllerMetrics(enabled=False),
         scheduler=SchedulerConfig(**{"tick_interval_s": 0.2, "lease_ttl_s": 5.0, **scheduler}),
         operator_keys=operator_keys or {},
