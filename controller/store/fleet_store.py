@@ -499,7 +499,9 @@ class FleetStore:
         """Take or renew the scheduler lease; returns its epoch, or None while another holds it.
 
         Taking the lease from another holder (or after it expired) bumps the epoch, which fences
-        every write of the previous holder.
+        every write of the previous holder. The new epoch is also at least the wall clock in
+        milliseconds: agents remember the highest epoch they obeyed across restarts, so a database
+        restored from a backup (or a new one) must still hand out epochs above every earlier one.
         """
         with self.db.transaction():
             rows = self.db.fetchall(self._lease_query("holder, epoch, expires_at"))
@@ -509,11 +511,12 @@ class FleetStore:
                 return epoch
             if current_holder and current_holder != holder and expires_at >= now_s:
                 return None
+            new_epoch = max(epoch + 1, int(now_s * 1000))
             self.db.execute(
                 "UPDATE lease SET holder = ?, epoch = ?, expires_at = ? WHERE name = 'scheduler'",
-                (holder, epoch + 1, now_s + ttl_s),
+                (holder, new_epoch, now_s + ttl_s),
             )
-            return epoch + 1
+            return new_epoch
 
     def _lease_query(self, columns: str) -> str:
         # Both parts are constants of this file; nothing from outside reaches this SQL.

@@ -150,7 +150,20 @@ def test_a_fenced_leader_cannot_write(store: FleetStore) -> None:
         )
     assert store.load_rollouts() == []
     store.release_lease("ctl-b")
-    assert store.acquire_lease("ctl-a", now_s=7.0, ttl_s=5.0) == new + 1
+    assert (after := store.acquire_lease("ctl-a", now_s=7.0, ttl_s=5.0)) is not None and after > new
+
+
+def test_lease_epochs_stay_above_the_clock_after_a_database_is_replaced(tmp_path: Path) -> None:
+    """A fresh database still hands out epochs above any an agent obeyed (the wall-clock floor)."""
+    first = FleetStore(SqliteDatabase(tmp_path / "old.sqlite3"))
+    first.migrate()
+    old = first.acquire_lease("ctl-a", now_s=1_000.0, ttl_s=5.0)
+    first.db.close()
+    replaced = FleetStore(SqliteDatabase(tmp_path / "new.sqlite3"))
+    replaced.migrate()
+    new = replaced.acquire_lease("ctl-a", now_s=1_010.0, ttl_s=5.0)
+    replaced.db.close()
+    assert old is not None and new is not None and new > old
 
 
 def test_credentials_are_stored_for_memfault_queries(store: FleetStore) -> None:
