@@ -284,3 +284,26 @@ def test_address_policy() -> None:
         assert policy.address_refusal(address), address
     with pytest.raises(ConfigError):
         DownloadPolicy(allowed_hosts=(), allowed_private_networks=("not-a-network",))
+
+
+async def test_a_redirect_from_https_to_http_is_refused(tmp_path: Path) -> None:
+    """Even with plain HTTP allowed, an HTTPS download never continues over HTTP."""
+    server_context, client_context = _tls_server_context(tmp_path, "artifacts.test")
+    server = Server(GOOD)
+    await server.start(ssl_context=server_context)
+    try:
+        with pytest.raises(ArtifactRefused) as caught:
+            await ArtifactFetcher(
+                ArtifactCache(tmp_path / "cache", 10 * len(PAYLOAD)),
+                DownloadPolicy(
+                    allowed_hosts=("artifacts.test",),
+                    allow_http=True,
+                    allowed_private_networks=(f"{GOOD}/32",),
+                ),
+                resolver=ScriptedResolver({"artifacts.test": [[GOOD]]}),
+                ssl_context=client_context,
+            ).fetch(f"https://artifacts.test:{server.port}/redirect/artifacts.test", len(PAYLOAD), SHA)
+        assert caught.value.reason is ReasonCode.URL_NOT_ALLOWED
+        assert [path for path, _ in server.requests] == ["/redirect/artifacts.test"]
+    finally:
+        await server.stop()
