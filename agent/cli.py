@@ -10,7 +10,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import httpx
 import structlog
 from prometheus_client import CollectorRegistry
 
@@ -64,20 +63,18 @@ async def serve(settings: AgentSettings) -> None:
     registry = CollectorRegistry()
     metrics = MetricsServer(registry, settings.metrics.host, settings.metrics.port)
     timeout_s = settings.discovery.smp_timeout_s
-    async with httpx.AsyncClient(follow_redirects=False) as http:
-        service = AgentService(
-            settings,
-            registry=registry,
-            http=http,
-            make_udp_link=lambda device, counters: make_udp_link(device, timeout_s, counters),
-            notifier=SystemdNotifier(),
-        )
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, lambda: asyncio.ensure_future(service.stop()))
-        if settings.metrics.enabled:
-            metrics.start()
-        try:
-            await service.run()
-        finally:
-            metrics.stop()
+    service = AgentService(
+        settings,
+        registry=registry,
+        make_udp_link=lambda device, counters: make_udp_link(device, timeout_s, counters),
+        notifier=SystemdNotifier(),
+    )
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, lambda: asyncio.ensure_future(service.stop()))
+    if settings.metrics.enabled:
+        metrics.start()
+    try:
+        await service.run()
+    finally:
+        metrics.stop()

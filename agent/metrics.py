@@ -38,6 +38,7 @@ class AgentReadings:
     artifact_cache_hits: int = 0
     artifact_cache_misses: int = 0
     artifact_downloaded_bytes: int = 0
+    commands_fenced: int = 0
 
 
 class AgentCollector(Collector):
@@ -115,4 +116,9 @@ class AgentCollector(Collector):
             "mcufleet_agent_artifact_downloaded_bytes",
             "Artifact bytes downloaded",
             value=readings.artifact_downloaded_bytes,
+        )
+        yield CounterMetricFamily(
+            "mcufleet_agent_commands_fenced",
+            "Commands ignored because they came from a controller epoch below the highest obeyed",
+            value=readings.commands_fenced,
         )

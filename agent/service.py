@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import structlog
 from bleak.backends.client import BaseBleakClient
 from bleak.backends.scanner import BaseBleakScanner
@@ -48,7 +47,7 @@ from schemas import (
     channels,
     is_valid_id,
 )
-from service_runtime.epoch import EpochCounter
+from service_runtime.epoch import EpochCounter, FenceEpoch
 from service_runtime.errors import MqttError
 from service_runtime.mqtt import Inbound, MqttSession, MqttSettings, Outbound, Subscription, TlsSettings
 from service_runtime.mqtt_metrics import MqttMetrics
@@ -112,7 +111,6 @@ class AgentService:
         settings: AgentSettings,
         *,
         registry: CollectorRegistry,
-        http: httpx.AsyncClient,
         make_udp_link: Callable[[UdpDevice, SessionCounters], DeviceLink],
         notifier: SystemdNotifier | None = None,
         ble_backends: BleBackends | None = None,
@@ -131,6 +129,9 @@ class AgentService:
         state = settings.state_path
         state.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(state / "journal.sqlite3")
+        self.fence = FenceEpoch(state / "controller_epoch")
+        """The highest controller epoch obeyed: commands from a fenced (older) leader are ignored."""
+        self.fenced_commands = 0
         self.sequencer = ReportSequencer(self.gateway_id)
         self.inventory = Inventory(
             settings.discovery, on_change=self._publish_device, now=now, monotonic=monotonic
@@ -157,11 +158,12 @@ class AgentService:
                 allowed_hosts=downloads.allowed_hosts,
                 allow_http=downloads.allow_http,
                 allow_private_addresses=downloads.allow_private_addresses,
+                allowed_private_networks=downloads.allowed_private_networks,
                 max_artifact_bytes=downloads.max_artifact_bytes,
                 connect_timeout_s=downloads.connect_timeout_s,
                 read_timeout_s=downloads.read_timeout_s,
+                proxy_url=downloads.proxy_url,
             ),
-            http,
         )
         jobs = settings.jobs
         self.runner = JobRunner(
@@ -262,6 +264,15 @@ class AgentService:
 
     async def _on_message(self, message: Inbound) -> None:
         command = message.message
+        if isinstance(command, OtaCommand | CancelJob) and not self.fence.admit(command.controller_epoch):
+            self.fenced_commands += 1
+            log.warning(
+                "command from a fenced controller",
+                epoch=command.controller_epoch,
+                highest=self.fence.highest,
+                job=command.job_id,
+            )
+            return
         match command:
             case OtaCommand():
                 log.info("command received", job=command.job_id, device=command.device_serial)
@@ -370,4 +381,5 @@ class AgentService:
             artifact_cache_hits=cache.stats.hits,
             artifact_cache_misses=cache.stats.misses,
             artifact_downloaded_bytes=cache.stats.downloaded_bytes,
+            commands_fenced=self.fenced_commands,
         )

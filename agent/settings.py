@@ -97,10 +97,15 @@ class DownloadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     allowed_hosts: tuple[str, ...] = ()
     allow_http: bool = False
     allow_private_addresses: bool = False
+    allowed_private_networks: tuple[str, ...] = ()
+    """Private networks (CIDR, e.g. a site mirror's `10.1.2.0/24`) allowed despite the rule above."""
     max_artifact_bytes: Annotated[int, msgspec.Meta(ge=1)] = 16 * 1024 * 1024
     cache_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 256 * 1024 * 1024
     connect_timeout_s: PositiveSeconds = 10.0
     read_timeout_s: PositiveSeconds = 60.0
+    proxy_url: str = ""
+    """HTTP(S) proxy for downloads; "" (the default) connects directly. Proxy environment variables
+    are never read: a proxy resolves names itself, so it must enforce its own egress policy."""
 
 
 class AgentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -6,23 +6,33 @@ for `linger_s`, then drains it on the store thread a batch at a time: decode, se
 transaction per batch, so the event loop never touches a report. Gaps in a gateway session's report
 sequence (a burst the broker dropped past its queue limit) are healed by asking that gateway for a
 rebirth, at most once per `rebirth_interval_s` per gateway.
+
+Credentials (project keys) pass the rules of `gateway_trust`: only projects on the allow-list,
+and no silent change of key for a known device. A refused credential is counted by reason and
+audited in the store (a key change once per new key, other refusals once per device and reason
+while this process runs: gateways republish credentials with every rebirth).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Final, Protocol
 
 import structlog
 
+from controller.gateway_trust import RefusalReason, RefusedKind, credential_refusal, key_fingerprint
 from controller.store.executor import StoreExecutor
-from controller.store.fleet_store import FleetStore
-from schemas import DeviceCredential, DeviceReport, GatewayPresence
+from controller.store.fleet_store import CredentialOffer, FleetStore
+from schemas import AuditEvent, DeviceCredential, DeviceReport, GatewayPresence, channels
 
 log = structlog.get_logger("mcufleet.controller.ingest")
+
+AUDITED_REFUSALS_KEPT: Final = 100_000
+"""Refusals remembered as already audited before the memory is cleared (audited again after)."""
 
 
 @dataclass
@@ -37,6 +47,8 @@ class IngestStats:
     rebirths_requested: int = 0
     last_batch_size: int = 0
     sequence: dict[tuple[str, int], int] = field(default_factory=dict)
+    refused: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Refused gateway messages by (kind, reason), see `gateway_trust.REFUSAL_LABELS`."""
 
 
 class ReportSource(Protocol):
@@ -65,7 +77,9 @@ class Ingest:
         max_batch: int = 5000,
         linger_s: float = 0.1,
         rebirth_interval_s: float = 30.0,
+        allowed_project_keys: Collection[str] = (),
     ) -> None:
+        """Write into `store`; `allowed_project_keys` empty accepts any project (warned at start)."""
         self._store = store
         self._executor = executor
         self._request_rebirth = request_rebirth
@@ -83,6 +97,8 @@ class Ingest:
         self._reborn: set[str] = set()
         self._keys_known: set[str] | None = None
         """Serials whose project key the store holds (None until loaded)."""
+        self._allowed_keys = frozenset(allowed_project_keys)
+        self._audited: set[tuple[str, str, str]] = set()
         self.stats = IngestStats()
         self.on_presence: list[Callable[[GatewayPresence], None]] = []
         """Listeners told about every accepted presence change (the scheduler reroutes on deaths)."""
@@ -101,6 +117,11 @@ class Ingest:
 
     async def run(self) -> None:
         """Write batches forever."""
+        if not self._allowed_keys:
+            log.warning(
+                "no project key allow-list configured: credentials for any Memfault project are accepted",
+                setting="memfault.allowed_project_keys",
+            )
         self._keys_known = set(await self._executor.call(self._store.project_keys))
         self._ready.set()  # reports may have queued before the writer started
         while True:
@@ -179,13 +200,71 @@ class Ingest:
         for listener in self.on_presence:
             listener(presence)
 
-    async def add_credential(self, credential: DeviceCredential) -> None:
-        """Remember a project key (only its fingerprint ever leaves the controller)."""
-        await self._executor.call(
-            self._store.save_credential,
-            credential.device_serial,
-            credential.project_key,
-            credential.fingerprint,
-        )
-        if self._keys_known is not None:
+    async def add_credential(self, credential: DeviceCredential, sender: str, now_s: float) -> None:
+        """Remember a project key that passes the trust rules (only its fingerprint ever leaves).
+
+        `sender` is the gateway whose topic carried the credential; `now_s` dates an audit line.
+        """
+        saved = await self._executor.call(self._offer_credential, credential, sender, now_s)
+        if saved and self._keys_known is not None:
             self._keys_known.add(credential.device_serial)
+
+    def _offer_credential(self, credential: DeviceCredential, sender: str, now_s: float) -> bool:
+        """On the store thread: save, park or refuse a credential. Returns whether it was saved."""
+        serial = credential.device_serial
+        known = self._store.project_key(serial)
+        refusal = credential_refusal(
+            sender=sender,
+            claimed=credential.gateway_id,
+            project_key=credential.project_key,
+            fingerprint=credential.fingerprint,
+            known_key=known,
+            allowed_keys=self._allowed_keys,
+        )
+        if refusal is None or refusal is RefusalReason.PROJECT_KEY_CHANGED:
+            offer = self._store.offer_credential(
+                serial, credential.project_key, credential.fingerprint, sender, now_s
+            )
+            if offer is CredentialOffer.SAVED:
+                return True
+            refusal = RefusalReason.PROJECT_KEY_CHANGED
+            audit = offer is CredentialOffer.PENDING
+        else:
+            audit = self._first_refusal(sender, serial, refusal)
+        key = (RefusedKind.DEVICE_CREDENTIAL.value, refusal.value)
+        with self._lock:
+            self.stats.refused[key] = self.stats.refused.get(key, 0) + 1
+        known_fingerprint = key_fingerprint(known) if known is not None else "none"
+        log.warning(
+            "credential refused",
+            gateway=sender,
+            device=serial,
+            reason=refusal.value,
+            fingerprint=credential.fingerprint,
+            known=known_fingerprint,
+        )
+        if audit:
+            detail = (
+                f"device {serial} presents project key {credential.fingerprint} (known: {known_fingerprint})"
+            )
+            if refusal is RefusalReason.PROJECT_KEY_CHANGED:
+                detail += "; pending until an operator sends accept_key_change with this fingerprint"
+            event = AuditEvent(
+                at=datetime.fromtimestamp(now_s, UTC),
+                actor=f"gateway:{sender}"[:256],
+                action=f"refused:{RefusedKind.DEVICE_CREDENTIAL.value}:{refusal.value}",
+                detail=detail[:256],
+            )
+            self._store.append_audit([channels.encode(event)], now_s)
+        return False
+
+    def _first_refusal(self, sender: str, serial: str, reason: RefusalReason) -> bool:
+        """Whether this (gateway, device, reason) refusal is new to this process (then it is audited)."""
+        with self._lock:
+            marker = (sender, serial, reason.value)
+            if marker in self._audited:
+                return False
+            if len(self._audited) >= AUDITED_REFUSALS_KEPT:
+                self._audited.clear()
+            self._audited.add(marker)
+            return True

@@ -21,6 +21,7 @@ from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from controller.gateway_trust import REFUSAL_LABELS
 from schemas import GateVerdict, JobOutcome, OperatorRequest, ReasonCode, ReplyStatus, RolloutStatus
 
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -89,6 +90,8 @@ class ControllerReadings:
     jobs_in_flight: int = 0
     rollouts: Mapping[str, RolloutReading] = field(default_factory=dict)
     """Rollout id -> its reading, for rollouts with a plan."""
+    gateway_messages_refused: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """(kind, reason) -> gateway messages not believed (foreign results, refused project keys)."""
 
 
 class ControllerCollector(Collector):
@@ -109,6 +112,19 @@ class ControllerCollector(Collector):
         yield from _ingest(readings)
         yield from _memfault(readings)
         yield from _rollouts(readings)
+        yield _refusals(readings)
+
+
+def _refusals(readings: ControllerReadings) -> CounterMetricFamily:
+    refused = CounterMetricFamily(
+        "mcufleet_controller_gateway_messages_refused",
+        "Gateway messages not believed (foreign job results, refused project keys), by kind and reason",
+        labels=["kind", "reason"],
+    )
+    counts = dict.fromkeys(REFUSAL_LABELS, 0) | dict(readings.gateway_messages_refused)
+    for (kind, reason), count in sorted(counts.items()):
+        refused.add_metric([kind, reason], count)
+    return refused
 
 
 def _registry(readings: ControllerReadings) -> Iterator[Family]:

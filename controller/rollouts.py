@@ -5,6 +5,9 @@ gateway births and deaths, ticks every running rollout, resolves fresh artifact 
 it starts, and saves every machine, command, audit line, handled inbox item and reply in one
 transaction. Only then are state, plans, audit lines and replies published; commands leave through
 the store's outbox, so a crash anywhere re-sends, and the agent's job-id check makes that harmless.
+
+A job result or progress counts only from the gateway the job was dispatched to (the topic it came
+on, see `gateway_trust`); any other is refused, counted and audited (once per gateway and job).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import msgspec
 import structlog
 
 from controller.errors import MemfaultUnavailable, RolloutError
+from controller.gateway_trust import RefusalReason, RefusedKind, job_event_refusal
 from controller.memfault import MemfaultClient
 from controller.metrics import dispatch_latency_histogram
 from controller.operator_auth import OperatorKeys
@@ -32,6 +36,7 @@ from controller.store.executor import StoreExecutor
 from controller.store.fleet_store import FleetStore, GatewayRecord, InboxItem, RolloutRecord
 from schemas import (
     AbortRollout,
+    AcceptKeyChange,
     Artifact,
     AuditEvent,
     CancelDevice,
@@ -75,6 +80,8 @@ class CoordinatorStats:
     gate_decisions: dict[str, int] = field(default_factory=dict)
     operator_requests: dict[tuple[str, str], int] = field(default_factory=dict)
     dispatched: int = 0
+    refused: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Job events refused by (kind, reason), see `gateway_trust.REFUSAL_LABELS`."""
 
 
 @dataclass
@@ -89,6 +96,8 @@ class _Step:
     handled: list[int] = field(default_factory=list)
     replies: list[tuple[str, bytes, str, bytes]] = field(default_factory=list)
     """(request id, reply, response topic, correlation data)."""
+    accepted_key_changes: list[tuple[str, str]] = field(default_factory=list)
+    """(device serial, fingerprint) of project key changes an operator accepted."""
 
 
 class RolloutCoordinator:
@@ -121,6 +130,7 @@ class RolloutCoordinator:
         self._candidates: dict[str, list[Candidate]] = {}
         self._reconcile: list[tuple[RolloutMachine, Dispatch]] = []
         self._lease_epoch = 0
+        self._refusals_audited: set[tuple[str, str, str]] = set()
 
     # --- views for metrics -------------------------------------------------------------------
 
@@ -187,6 +197,8 @@ class RolloutCoordinator:
         kind, payload = item.kind, item.payload
         if kind == TopicKind.JOB_RESULT:
             result = _RESULT_DECODER.decode(payload)
+            if self._refused(RefusedKind.JOB_RESULT, item.sender, result, now, step):
+                return
             for machine in self.machines.values():
                 effects = machine.on_result(
                     result.job_id, result.outcome, result.reason, result.retryable, now
@@ -197,11 +209,48 @@ class RolloutCoordinator:
             self.stats.jobs[key] = self.stats.jobs.get(key, 0) + 1
         elif kind == TopicKind.JOB_PROGRESS:
             progress = _PROGRESS_DECODER.decode(payload)
+            if self._refused(RefusedKind.JOB_PROGRESS, item.sender, progress, now, step):
+                return
             for machine in self.machines.values():
                 machine.on_progress(progress.job_id, now)
         elif kind == TopicKind.OPERATOR_REQUEST:
             request = _REQUEST_DECODER.decode(payload)
             await self._operator(request, item.reply_topic, item.correlation, now, step)
+
+    def _refused(
+        self, kind: RefusedKind, sender: str, event: JobResult | JobProgress, now: datetime, step: _Step
+    ) -> bool:
+        """Whether a job event is refused (then it is counted, and audited once per gateway and job)."""
+        claimed, job_id = event.gateway_id, event.job_id
+        # Rows queued before the inbox recorded senders carry "": the payload's id is all there is.
+        sender = sender or claimed
+        dispatched_to = next(
+            (gateway for m in self.machines.values() if (gateway := m.job_gateway(job_id)) is not None), None
+        )
+        reason = job_event_refusal(sender, claimed, dispatched_to)
+        if reason is None:
+            return False
+        key = (kind.value, reason.value)
+        self.stats.refused[key] = self.stats.refused.get(key, 0) + 1
+        marker = (sender, job_id, reason.value)
+        if marker not in self._refusals_audited:
+            # Bounded by the jobs the rollouts know (a foreign_job needs a real job id) plus mismatches.
+            if len(self._refusals_audited) >= 100_000:
+                self._refusals_audited.clear()
+            self._refusals_audited.add(marker)
+            log.warning("job event refused", kind=kind.value, gateway=sender, job=job_id, reason=reason.value)
+            detail = f"{kind.value} for job {job_id} naming gateway {claimed}"
+            if reason is RefusalReason.FOREIGN_JOB:
+                detail += f"; the job was dispatched to {dispatched_to}"
+            step.audit.append(
+                AuditEvent(
+                    at=now,
+                    actor=f"gateway:{sender}"[:256],
+                    action=f"refused:{kind.value}:{reason.value}",
+                    detail=detail[:256],
+                )
+            )
+        return True
 
     async def _operator(
         self, request: OperatorRequest, reply_topic: str, correlation: bytes, now: datetime, step: _Step
@@ -228,7 +277,7 @@ class RolloutCoordinator:
             status=status,
             reason=reason,
             message=message[:256],
-            rollout_id=request.rollout_id,
+            rollout_id=_rollout_of(request) or "",
         )
         step.replies.append((request.request_id, channels.encode(reply), reply_topic, correlation))
         step.audit.append(
@@ -236,7 +285,7 @@ class RolloutCoordinator:
                 at=now,
                 actor=request.operator or "operator",
                 action=f"request:{op}:{status}",
-                rollout_id=request.rollout_id,
+                rollout_id=_rollout_of(request),
                 request_id=request.request_id,
                 detail=(reason or message)[:256],
             )
@@ -245,6 +294,8 @@ class RolloutCoordinator:
         self.stats.operator_requests[key] = self.stats.operator_requests.get(key, 0) + 1
 
     async def _apply(self, request: OperatorRequest, now: datetime, step: _Step) -> str:
+        if isinstance(request, AcceptKeyChange):
+            return await self._accept_key_change(request, step)
         rollout_id = request.rollout_id
         if isinstance(request, CreateRollout):
             if rollout_id in self.machines:
@@ -278,6 +329,18 @@ class RolloutCoordinator:
         await self._carry_out(machine, effects, now, step)
         step.changed.add(rollout_id)
         return ""
+
+    async def _accept_key_change(self, request: AcceptKeyChange, step: _Step) -> str:
+        """An operator accepts a device's pending project key (saved with this step's transaction)."""
+        pending = await self._executor.call(self._store.pending_key_change, request.device_serial)
+        if pending is None or pending.fingerprint != request.fingerprint:
+            waiting = f"; waiting: {pending.fingerprint}" if pending is not None else ""
+            raise RolloutError(
+                f"no pending project key {request.fingerprint} for {request.device_serial}{waiting}",
+                reason="no_pending_key_change",
+            )
+        step.accepted_key_changes.append((request.device_serial, request.fingerprint))
+        return f"device {request.device_serial} now uses project key {request.fingerprint}"
 
     # --- planning (in the background: it asks Memfault about every candidate) ------------------
 
@@ -498,6 +561,7 @@ class RolloutCoordinator:
             handled_inbox=step.handled,
             job_commands=step.job_commands,
             replies=[(request_id, reply) for request_id, reply, _, _ in step.replies],
+            accepted_key_changes=step.accepted_key_changes,
         )
         for record in records:
             machine = self.machines[record.rollout_id]
@@ -510,3 +574,8 @@ class RolloutCoordinator:
             self._publish(Outbound(self._tree.topic(TopicKind.AUDIT), payload, qos=1))
         for _, reply, topic, correlation in step.replies:
             self._publish(Outbound(topic, reply, qos=1, correlation_data=correlation))
+
+
+def _rollout_of(request: OperatorRequest) -> RolloutId | None:
+    """The rollout a request is about (None for a request about a device's key)."""
+    return None if isinstance(request, AcceptKeyChange) else request.rollout_id

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 import msgspec
@@ -119,7 +119,13 @@ class ControllerService:
         self._monotonic = monotonic
         self._notifier = notifier or SystemdNotifier({})
         self.lease_epoch: int | None = None
-        self.ingest = Ingest(store, self.executor, request_rebirth=self._request_rebirth, monotonic=monotonic)
+        self.ingest = Ingest(
+            store,
+            self.executor,
+            request_rebirth=self._request_rebirth,
+            monotonic=monotonic,
+            allowed_project_keys=settings.memfault.allowed_project_keys,
+        )
         self.coordinator = RolloutCoordinator(
             store,
             self.executor,
@@ -251,8 +257,7 @@ class ControllerService:
                     # controller that just connected asks each live gateway to publish them again.
                     self.ingest.request_rebirth_once(payload.gateway_id)
         elif kind is TopicKind.DEVICE_CREDENTIAL and isinstance(payload, DeviceCredential):
-            if payload.gateway_id == message.route.gateway_id:
-                await self.ingest.add_credential(payload)
+            await self.ingest.add_credential(payload, message.route.gateway_id or "", self._wall_clock())
         elif kind in INBOX_KINDS:
             await self.executor.call(
                 self.store.add_to_inbox,
@@ -261,6 +266,8 @@ class ControllerService:
                 message.response_topic,
                 message.correlation_data,
                 self._wall_clock(),
+                # The topic's gateway is what the broker ACL vouches for, not the payload's id.
+                sender=message.route.gateway_id or "",
             )
             self._inbox_ready.set()
 
@@ -401,7 +408,17 @@ class ControllerService:
                 for rollout_id, machine in list(coordinator.machines.items())
                 if machine.plan is not None
             },
+            gateway_messages_refused=_summed(self.ingest.stats.refused, coordinator.stats.refused),
         )
+
+
+def _summed(*sources: Mapping[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    """Counts by label set, added up over every source."""
+    total: dict[tuple[str, str], int] = {}
+    for source in sources:
+        for key, count in list(source.items()):
+            total[key] = total.get(key, 0) + count
+    return total
 
 
 class _FirehoseReports:

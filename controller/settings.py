@@ -40,6 +40,13 @@ class MemfaultConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=256)] = 8
     requests_per_s: PositiveSeconds = 20.0
     timeout_s: PositiveSeconds = 10.0
+    allowed_project_keys: tuple[Annotated[str, msgspec.Meta(min_length=1)], ...] = ()
+    """The project keys of the fleet's Memfault projects: a gateway's credential for any other
+    project is refused (counted and audited), since the key decides which firmware a device is
+    offered. Empty (the default) accepts any project and logs a warning at start: a new
+    deployment and the demo work before anyone has listed keys, and a known device still cannot
+    be moved to another project without an operator (`accept_key_change`), which is the attack
+    the list exists for. List the keys in production."""
 
 
 class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

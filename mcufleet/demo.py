@@ -195,7 +195,7 @@ async def world(
                     allowed_hosts=("127.0.0.1",), allow_http=True, allow_private_addresses=True
                 ),
             )
-            await stack.enter_async_context(_agent(settings, http))
+            await stack.enter_async_context(_agent(settings))
             endpoints.append(f"http://127.0.0.1:{port}/metrics  (agent gw-{gateway})")
         controller_port = free_port()
         controller = await stack.enter_async_context(
@@ -211,12 +211,11 @@ async def world(
 
 
 @contextlib.asynccontextmanager
-async def _agent(settings: AgentSettings, http: httpx.AsyncClient) -> AsyncIterator[AgentService]:
+async def _agent(settings: AgentSettings) -> AsyncIterator[AgentService]:
     registry = CollectorRegistry()
     service = AgentService(
         settings,
         registry=registry,
-        http=http,
         make_udp_link=lambda d, counters: udp_link(d.host, d.port, timeout_s=1.5, counters=counters),
     )
     metrics = MetricsServer(registry, "127.0.0.1", settings.metrics.port)

@@ -37,6 +37,7 @@ from schemas.jobs import (
 )
 from schemas.operator import (
     AbortRollout,
+    AcceptKeyChange,
     CancelDevice,
     CreateRollout,
     OperatorReply,
@@ -82,6 +83,7 @@ __all__ = [
     "SPECS",
     "TOPICS",
     "AbortRollout",
+    "AcceptKeyChange",
     "Artifact",
     "AuditEvent",
     "CancelDevice",

@@ -83,6 +83,18 @@ class RetryFailed(_Request, frozen=True, kw_only=True, tag="retry_failed"):
     )
 
 
+class AcceptKeyChange(_Request, frozen=True, kw_only=True, tag="accept_key_change"):
+    """Accept a known device's new Memfault project key (an override: the `admin` role).
+
+    The controller refuses a project key that differs from the one it holds for a device and keeps
+    it pending; this names the pending key by its fingerprint (as in the refusal's audit line), so
+    a key that changed again after the operator looked is not accepted.
+    """
+
+    device_serial: DeviceSerialField
+    fingerprint: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{16}$")]
+
+
 OperatorRequest = (
     CreateRollout
     | PreviewRollout
@@ -92,6 +104,7 @@ OperatorRequest = (
     | AbortRollout
     | CancelDevice
     | RetryFailed
+    | AcceptKeyChange
 )
 """Every request an operator may publish on the request topic."""
 

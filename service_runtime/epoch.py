@@ -1,4 +1,4 @@
-"""Session epochs that only grow, even across restarts and a lost state file (Sparkplug's bdSeq idea).
+"""Epochs that only grow across restarts: session epochs (Sparkplug's bdSeq idea) and the fence floor.
 
 Every MQTT connection gets a new epoch, carried by its birth and its will, so consumers can drop a
 will that arrives after a newer birth. The epoch is at least the wall clock in milliseconds, so a
@@ -31,21 +31,63 @@ class EpochCounter:
         return self._last
 
     def _read(self) -> int:
-        if self._path is None:
-            return 0
-        try:
-            return max(0, int(self._path.read_text().strip()))
-        except (OSError, ValueError):
-            # A missing or corrupt file only loses the floor; the clock floor still holds.
-            return 0
+        # A missing or corrupt file only loses the floor; the clock floor still holds.
+        return _read_int(self._path)
 
     def _write(self) -> None:
-        if self._path is None:
-            return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        staging = self._path.with_suffix(".tmp")
-        with staging.open("w") as handle:
-            handle.write(f"{self._last}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        staging.replace(self._path)
+        _write_int(self._path, self._last)
+
+
+class FenceEpoch:
+    """The highest controller epoch a gateway has obeyed, kept across restarts (optional file).
+
+    A command carrying a lower epoch comes from a controller that lost its lease and is refused.
+    The floor must survive a restart of the agent, or a paused former leader that wakes up while the
+    agent restarts could still be obeyed; it is written atomically (temporary file, fsync, rename),
+    so a crash leaves either the old or the new value. A missing or corrupt file starts at 0.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._path = path
+        self._highest = _read_int(path)
+
+    @property
+    def highest(self) -> int:
+        """The highest epoch admitted so far."""
+        return self._highest
+
+    def admit(self, epoch: int) -> bool:
+        """Whether a command with `epoch` may be obeyed; a higher epoch raises the floor durably."""
+        if epoch < self._highest:
+            return False
+        if epoch > self._highest:
+            self._highest = epoch
+            _write_int(self._path, epoch)
+        return True
+
+
+def _read_int(path: Path | None) -> int:
+    if path is None:
+        return 0
+    try:
+        return max(0, int(path.read_text().strip()))
+    except (OSError, ValueError):
+        return 0
+
+
+def _write_int(path: Path | None, value: int) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".tmp")
+    with staging.open("w") as handle:
+        handle.write(f"{value}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    staging.replace(path)
+    # The rename itself is durable only once the directory is synced.
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

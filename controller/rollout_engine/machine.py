@@ -139,6 +139,12 @@ class RolloutMachine:
         """Gateway of every device with a job in flight."""
         return {serial: record.gateway for serial, record in self._in_flight.items()}
 
+    def job_gateway(self, job_id: str) -> str | None:
+        """The gateway this rollout dispatched `job_id` to (None: not one of its current jobs)."""
+        serial = self._jobs.get(job_id)
+        record = self._s.devices.get(serial) if serial is not None else None
+        return record.gateway if record is not None and record.job_id == job_id else None
+
     def state_wave(self) -> int:
         """The index of the wave being rolled out."""
         return self._s.current_wave

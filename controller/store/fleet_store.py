@@ -8,6 +8,7 @@ fenced by the lease epoch, so a paused former leader that wakes up cannot write 
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -78,6 +79,29 @@ class InboxItem:
     payload: bytes
     reply_topic: str
     correlation: bytes
+    sender: str = ""
+    """The gateway whose topic carried a job event ("" for operator requests)."""
+
+
+class CredentialOffer(enum.StrEnum):
+    """What `offer_credential` did with a project key."""
+
+    SAVED = "saved"
+    """The device's first key (or the same key again)."""
+    PENDING = "pending"
+    """A different key for a known device: parked until an operator accepts it (new or changed)."""
+    PENDING_AGAIN = "pending_again"
+    """The same different key again: it was already waiting."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingKeyChange:
+    """A project key change waiting for an operator."""
+
+    serial: str
+    fingerprint: str
+    gateway_id: str
+    at_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +230,46 @@ class FleetStore:
             )
         return len(newest)
 
+    def offer_credential(
+        self, serial: str, project_key: str, fingerprint: str, gateway_id: str, now_s: float
+    ) -> CredentialOffer:
+        """Save a device's first project key; park a different key for a known device as pending."""
+        with self.db.transaction():
+            rows = self.db.fetchall("SELECT project_key FROM credential WHERE serial = ?", (serial,))
+            if not rows or str(rows[0][0]) == project_key:
+                self.save_credential(serial, project_key, fingerprint)
+                return CredentialOffer.SAVED
+            waiting = self.db.fetchall(
+                "SELECT project_key FROM pending_key_change WHERE serial = ?", (serial,)
+            )
+            if waiting and str(waiting[0][0]) == project_key:
+                return CredentialOffer.PENDING_AGAIN
+            self.db.execute(
+                "INSERT INTO pending_key_change (serial, project_key, fingerprint, gateway_id, at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (serial) DO UPDATE SET"
+                " project_key = excluded.project_key, fingerprint = excluded.fingerprint,"
+                " gateway_id = excluded.gateway_id, at = excluded.at",
+                (serial, project_key, fingerprint, gateway_id, now_s),
+            )
+            return CredentialOffer.PENDING
+
+    def pending_key_change(self, serial: str) -> PendingKeyChange | None:
+        """The key change waiting for an operator for this device, if any."""
+        rows = self.db.fetchall(
+            "SELECT serial, fingerprint, gateway_id, at FROM pending_key_change WHERE serial = ?", (serial,)
+        )
+        return (
+            PendingKeyChange(str(rows[0][0]), str(rows[0][1]), str(rows[0][2]), float(rows[0][3]))
+            if rows
+            else None
+        )
+
+    def append_audit(self, events: Sequence[bytes], now_s: float) -> None:
+        """Append audit lines outside a rollout transition (any replica may: the log is append-only)."""
+        self.db.executemany(
+            "INSERT INTO audit (at, event) VALUES (?, ?)", [(now_s, event) for event in events]
+        )
+
     def save_credential(self, serial: str, project_key: str, fingerprint: str) -> None:
         """Remember a device's Memfault project key (never published anywhere)."""
         self.db.execute(
@@ -313,20 +377,32 @@ class FleetStore:
         return bool(self.db.fetchall("SELECT 1 FROM rollout WHERE rollout_id = ?", (rollout_id,)))
 
     def add_to_inbox(
-        self, kind: str, payload: bytes, reply_topic: str, correlation: bytes, now_s: float
+        self,
+        kind: str,
+        payload: bytes,
+        reply_topic: str,
+        correlation: bytes,
+        now_s: float,
+        *,
+        sender: str = "",
     ) -> None:
-        """Queue a job event or operator request for the leader (any replica may receive it)."""
+        """Queue a job event or operator request for the leader (any replica may receive it).
+
+        `sender` is the gateway whose topic carried a job event.
+        """
         self.db.execute(
-            "INSERT INTO inbox (kind, payload, reply_topic, correlation, received_at) VALUES (?, ?, ?, ?, ?)",
-            (kind, payload, reply_topic, correlation, now_s),
+            "INSERT INTO inbox (kind, payload, reply_topic, correlation, received_at, sender)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (kind, payload, reply_topic, correlation, now_s, sender),
         )
 
     def inbox(self, limit: int = 10_000) -> list[InboxItem]:
         """The oldest inbox items (removed by `save_transition` once handled)."""
         rows = self.db.fetchall(
-            "SELECT id, kind, payload, reply_topic, correlation FROM inbox ORDER BY id LIMIT ?", (limit,)
+            "SELECT id, kind, payload, reply_topic, correlation, sender FROM inbox ORDER BY id LIMIT ?",
+            (limit,),
         )
-        return [InboxItem(int(r[0]), str(r[1]), bytes(r[2]), str(r[3]), bytes(r[4])) for r in rows]
+        return [InboxItem(int(r[0]), str(r[1]), bytes(r[2]), str(r[3]), bytes(r[4]), str(r[5])) for r in rows]
 
     def reply_for(self, request_id: str) -> bytes | None:
         """The reply already given to this operator request id (requests act once)."""
@@ -344,8 +420,12 @@ class FleetStore:
         handled_inbox: Sequence[int] = (),
         replies: Sequence[tuple[str, bytes]] = (),
         job_commands: Sequence[tuple[str, str, bytes]] = (),
+        accepted_key_changes: Sequence[tuple[str, str]] = (),
     ) -> list[PendingCommand]:
         """Save rollout snapshots, commands, audit lines, handled inbox items and replies atomically.
+
+        `accepted_key_changes` are (serial, fingerprint) pairs an operator accepted: each pending key
+        with that fingerprint becomes the device's key in the same transaction.
 
         Raises:
             StaleLease: another controller took the lease since `lease_epoch` was granted.
@@ -374,6 +454,8 @@ class FleetStore:
                 " ON CONFLICT (request_id) DO NOTHING",
                 [(request_id, reply, now_s) for request_id, reply in replies],
             )
+            for serial, fingerprint in accepted_key_changes:
+                self._accept_key_change(serial, fingerprint)
             pending = []
             for topic, payload in commands:
                 row = self.db.fetchall(
@@ -382,6 +464,15 @@ class FleetStore:
                 )
                 pending.append(PendingCommand(int(row[0][0]), topic, payload))
         return pending
+
+    def _accept_key_change(self, serial: str, fingerprint: str) -> None:
+        rows = self.db.fetchall(
+            "SELECT project_key FROM pending_key_change WHERE serial = ? AND fingerprint = ?",
+            (serial, fingerprint),
+        )
+        if rows:
+            self.save_credential(serial, str(rows[0][0]), fingerprint)
+            self.db.execute("DELETE FROM pending_key_change WHERE serial = ?", (serial,))
 
     def job_command(self, job_id: str) -> tuple[str, bytes] | None:
         """The (topic, payload) of the command a job was dispatched with (to send it again)."""
@@ -408,7 +499,9 @@ class FleetStore:
         """Take or renew the scheduler lease; returns its epoch, or None while another holds it.
 
         Taking the lease from another holder (or after it expired) bumps the epoch, which fences
-        every write of the previous holder.
+        every write of the previous holder. The new epoch is also at least the wall clock in
+        milliseconds: agents remember the highest epoch they obeyed across restarts, so a database
+        restored from a backup (or a new one) must still hand out epochs above every earlier one.
         """
         with self.db.transaction():
             rows = self.db.fetchall(self._lease_query("holder, epoch, expires_at"))
@@ -418,11 +511,12 @@ class FleetStore:
                 return epoch
             if current_holder and current_holder != holder and expires_at >= now_s:
                 return None
+            new_epoch = max(epoch + 1, int(now_s * 1000))
             self.db.execute(
                 "UPDATE lease SET holder = ?, epoch = ?, expires_at = ? WHERE name = 'scheduler'",
-                (holder, epoch + 1, now_s + ttl_s),
+                (holder, new_epoch, now_s + ttl_s),
             )
-            return epoch + 1
+            return new_epoch
 
     def _lease_query(self, columns: str) -> str:
         # Both parts are constants of this file; nothing from outside reaches this SQL.

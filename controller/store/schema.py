@@ -106,6 +106,18 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         at DOUBLE PRECISION NOT NULL
     );
     """,
+    # The gateway whose topic carried a job event (the only id the broker ACL vouches for), and
+    # project key changes that wait for an operator.
+    """
+    ALTER TABLE inbox ADD COLUMN sender TEXT NOT NULL DEFAULT '';
+    CREATE TABLE pending_key_change (
+        serial TEXT PRIMARY KEY,
+        project_key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        gateway_id TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL
+    );
+    """,
 )
 
 

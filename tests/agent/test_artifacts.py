@@ -7,7 +7,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from aiohttp import web
 
@@ -84,24 +83,14 @@ async def server() -> AsyncIterator[ArtifactServer]:
     await instance.runner.cleanup()
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(follow_redirects=False) as http:
-        yield http
-
-
-def _fetcher(tmp_path: Path, client: httpx.AsyncClient, **policy: Any) -> ArtifactFetcher:
+def _fetcher(tmp_path: Path, **policy: Any) -> ArtifactFetcher:
     base = DownloadPolicy(allowed_hosts=("127.0.0.1",), allow_http=True, allow_private_addresses=True)
-    return ArtifactFetcher(
-        ArtifactCache(tmp_path / "cache", 10 * len(PAYLOAD)), replace(base, **policy), client
-    )
+    return ArtifactFetcher(ArtifactCache(tmp_path / "cache", 10 * len(PAYLOAD)), replace(base, **policy))
 
 
-async def test_download_is_verified_and_cached(
-    tmp_path: Path, server: ArtifactServer, client: httpx.AsyncClient
-) -> None:
+async def test_download_is_verified_and_cached(tmp_path: Path, server: ArtifactServer) -> None:
     """A good artifact lands under its sha; the second fetch is a cache hit with no request."""
-    fetcher = _fetcher(tmp_path, client)
+    fetcher = _fetcher(tmp_path)
     path = await fetcher.fetch(server.url("/artifact"), len(PAYLOAD), SHA)
     assert path.read_bytes() == PAYLOAD
     again = await fetcher.fetch(server.url("/artifact"), len(PAYLOAD), SHA)
@@ -110,31 +99,25 @@ async def test_download_is_verified_and_cached(
     assert (fetcher.cache.stats.hits, fetcher.cache.stats.misses) == (1, 1)
 
 
-async def test_wrong_hash_is_refused_and_nothing_kept(
-    tmp_path: Path, server: ArtifactServer, client: httpx.AsyncClient
-) -> None:
+async def test_wrong_hash_is_refused_and_nothing_kept(tmp_path: Path, server: ArtifactServer) -> None:
     """An artifact whose sha256 differs from the command's is refused and deleted."""
-    fetcher = _fetcher(tmp_path, client)
+    fetcher = _fetcher(tmp_path)
     with pytest.raises(ArtifactRefused) as caught:
         await fetcher.fetch(server.url("/artifact"), len(PAYLOAD), "0" * 64)
     assert caught.value.reason is ReasonCode.HASH_MISMATCH
     assert list((tmp_path / "cache").iterdir()) == []
 
 
-async def test_size_lies_are_refused(
-    tmp_path: Path, server: ArtifactServer, client: httpx.AsyncClient
-) -> None:
+async def test_size_lies_are_refused(tmp_path: Path, server: ArtifactServer) -> None:
     """A server sending more bytes than the command says is refused."""
     with pytest.raises(ArtifactRefused) as caught:
-        await _fetcher(tmp_path, client).fetch(server.url("/lying"), len(PAYLOAD), SHA)
+        await _fetcher(tmp_path).fetch(server.url("/lying"), len(PAYLOAD), SHA)
     assert caught.value.reason is ReasonCode.SIZE_MISMATCH
 
 
-async def test_an_interrupted_download_resumes_with_range(
-    tmp_path: Path, server: ArtifactServer, client: httpx.AsyncClient
-) -> None:
+async def test_an_interrupted_download_resumes_with_range(tmp_path: Path, server: ArtifactServer) -> None:
     """After a cut connection the next fetch asks only for the missing bytes."""
-    fetcher = _fetcher(tmp_path, client)
+    fetcher = _fetcher(tmp_path)
     server.truncate_next = True
     with pytest.raises(ArtifactRefused):
         await fetcher.fetch(server.url("/artifact"), len(PAYLOAD), SHA)
@@ -155,32 +138,27 @@ async def test_an_interrupted_download_resumes_with_range(
 async def test_policy_violations_are_refused(
     tmp_path: Path,
     server: ArtifactServer,
-    client: httpx.AsyncClient,
     policy: dict[str, object],
     url_path: str,
 ) -> None:
     """Unlisted hosts, plain HTTP, private addresses and cross-host redirects are all refused."""
     with pytest.raises(ArtifactRefused) as caught:
-        await _fetcher(tmp_path, client, **policy).fetch(server.url(url_path), len(PAYLOAD), SHA)
+        await _fetcher(tmp_path, **policy).fetch(server.url(url_path), len(PAYLOAD), SHA)
     assert caught.value.reason is ReasonCode.URL_NOT_ALLOWED
 
 
-async def test_same_host_redirect_is_followed(
-    tmp_path: Path, server: ArtifactServer, client: httpx.AsyncClient
-) -> None:
+async def test_same_host_redirect_is_followed(tmp_path: Path, server: ArtifactServer) -> None:
     """A redirect within the same host is allowed (re-checked against the policy)."""
-    path = await _fetcher(tmp_path, client).fetch(server.url("/redirect-same"), len(PAYLOAD), SHA)
+    path = await _fetcher(tmp_path).fetch(server.url("/redirect-same"), len(PAYLOAD), SHA)
     assert path.read_bytes() == PAYLOAD
 
 
 async def test_oversized_artifacts_are_refused_before_any_request(
-    tmp_path: Path, server: ArtifactServer, client: httpx.AsyncClient
+    tmp_path: Path, server: ArtifactServer
 ) -> None:
     """An artifact above the size cap is refused without contacting the server."""
     with pytest.raises(ArtifactRefused) as caught:
-        await _fetcher(tmp_path, client, max_artifact_bytes=1000).fetch(
-            server.url("/artifact"), len(PAYLOAD), SHA
-        )
+        await _fetcher(tmp_path, max_artifact_bytes=1000).fetch(server.url("/artifact"), len(PAYLOAD), SHA)
     assert caught.value.reason is ReasonCode.ARTIFACT_TOO_LARGE
     assert server.requests == []
 

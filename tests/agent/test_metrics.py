@@ -3,7 +3,6 @@
 from pathlib import Path
 from typing import Any
 
-import httpx
 from prometheus_client import CollectorRegistry, generate_latest
 
 from agent.device_link import DeviceLink
@@ -57,22 +56,20 @@ def _no_udp_device(*_: Any) -> DeviceLink:
 async def test_a_real_agent_scraped_twice_answers_the_same(tmp_path: Path) -> None:
     """Two scrapes of a constructed agent's registry return the same text; readings are its own."""
     registry = CollectorRegistry()
-    async with httpx.AsyncClient() as http:
-        agent = AgentService(
-            AgentSettings(
-                gateway_id="gw-metrics",
-                state_dir=str(tmp_path),
-                downloads=DownloadConfig(cache_max_bytes=12345),
-            ),
-            registry=registry,
-            http=http,
-            make_udp_link=_no_udp_device,
-        )
-        try:
-            agent.inventory.stats.probes = 3
-            first, second = generate_latest(registry), generate_latest(registry)
-            assert first == second
-            assert registry.get_sample_value("mcufleet_agent_probes_total") == 3
-            assert registry.get_sample_value("mcufleet_agent_artifact_cache_max_bytes") == 12345
-        finally:
-            agent.journal.close()
+    agent = AgentService(
+        AgentSettings(
+            gateway_id="gw-metrics",
+            state_dir=str(tmp_path),
+            downloads=DownloadConfig(cache_max_bytes=12345),
+        ),
+        registry=registry,
+        make_udp_link=_no_udp_device,
+    )
+    try:
+        agent.inventory.stats.probes = 3
+        first, second = generate_latest(registry), generate_latest(registry)
+        assert first == second
+        assert registry.get_sample_value("mcufleet_agent_probes_total") == 3
+        assert registry.get_sample_value("mcufleet_agent_artifact_cache_max_bytes") == 12345
+    finally:
+        agent.journal.close()

@@ -13,7 +13,7 @@ from psycopg import conninfo
 
 from controller.errors import StaleLease
 from controller.store.database import PostgresDatabase, SqliteDatabase
-from controller.store.fleet_store import FleetStore, RolloutRecord
+from controller.store.fleet_store import CredentialOffer, FleetStore, PendingKeyChange, RolloutRecord
 from schemas import (
     DeviceReport,
     DeviceSerial,
@@ -150,7 +150,20 @@ def test_a_fenced_leader_cannot_write(store: FleetStore) -> None:
         )
     assert store.load_rollouts() == []
     store.release_lease("ctl-b")
-    assert store.acquire_lease("ctl-a", now_s=7.0, ttl_s=5.0) == new + 1
+    assert (after := store.acquire_lease("ctl-a", now_s=7.0, ttl_s=5.0)) is not None and after > new
+
+
+def test_lease_epochs_stay_above_the_clock_after_a_database_is_replaced(tmp_path: Path) -> None:
+    """A fresh database still hands out epochs above any an agent obeyed (the wall-clock floor)."""
+    first = FleetStore(SqliteDatabase(tmp_path / "old.sqlite3"))
+    first.migrate()
+    old = first.acquire_lease("ctl-a", now_s=1_000.0, ttl_s=5.0)
+    first.db.close()
+    replaced = FleetStore(SqliteDatabase(tmp_path / "new.sqlite3"))
+    replaced.migrate()
+    new = replaced.acquire_lease("ctl-a", now_s=1_010.0, ttl_s=5.0)
+    replaced.db.close()
+    assert old is not None and new is not None and new > old
 
 
 def test_credentials_are_stored_for_memfault_queries(store: FleetStore) -> None:
@@ -182,3 +195,43 @@ def test_inbox_items_leave_with_the_transition_that_handled_them(store: FleetSto
     )
     assert [i.payload for i in store.inbox()] == [b"q1"]
     assert store.reply_for("req-1") == b"accepted" and store.reply_for("req-2") is None
+
+
+def test_a_first_project_key_is_saved_and_a_different_one_waits(store: FleetStore) -> None:
+    """The first key (and the same key again) is saved; another key is parked until accepted."""
+    assert store.offer_credential("K1", "key-a", "fa", "gw-1", 1.0) is CredentialOffer.SAVED
+    assert store.offer_credential("K1", "key-a", "fa", "gw-2", 2.0) is CredentialOffer.SAVED
+    assert store.offer_credential("K1", "key-b", "fb", "gw-2", 3.0) is CredentialOffer.PENDING
+    assert store.offer_credential("K1", "key-b", "fb", "gw-2", 4.0) is CredentialOffer.PENDING_AGAIN
+    assert store.offer_credential("K1", "key-c", "fc", "gw-3", 5.0) is CredentialOffer.PENDING
+    assert store.project_key("K1") == "key-a"
+    assert store.pending_key_change("K1") == PendingKeyChange("K1", "fc", "gw-3", 5.0)
+
+
+def test_an_accepted_key_change_applies_only_to_the_named_fingerprint(store: FleetStore) -> None:
+    """Accepting a fingerprint that is not the pending one changes nothing; the pending one moves."""
+    store.offer_credential("K1", "key-a", "fa", "gw-1", 1.0)
+    store.offer_credential("K1", "key-b", "fb", "gw-2", 2.0)
+    epoch = store.acquire_lease("c1", 10.0, 30.0)
+    assert epoch is not None
+    store.save_transition(
+        lease_epoch=epoch, rollouts=[], commands=[], audit=[], now_s=11.0, accepted_key_changes=[("K1", "fz")]
+    )
+    assert store.project_key("K1") == "key-a"
+    store.save_transition(
+        lease_epoch=epoch, rollouts=[], commands=[], audit=[], now_s=12.0, accepted_key_changes=[("K1", "fb")]
+    )
+    assert store.project_key("K1") == "key-b"
+    assert store.pending_key_change("K1") is None
+
+
+def test_inbox_items_keep_their_sender_and_audit_lines_append(store: FleetStore) -> None:
+    """The inbox remembers which gateway's topic carried a job event; audit lines append unfenced."""
+    store.add_to_inbox("job_result", b"{}", "", b"", 1.0, sender="gw-7")
+    store.add_to_inbox("operator_request", b"{}", "reply/x", b"c", 2.0)
+    assert [(item.kind, item.sender) for item in store.inbox()] == [
+        ("job_result", "gw-7"),
+        ("operator_request", ""),
+    ]
+    store.append_audit([b'{"a":1}', b'{"a":2}'], 3.0)
+    assert store.audit_events()[-2:] == [b'{"a":1}', b'{"a":2}']

@@ -336,7 +336,6 @@ async def service_registries(state_dir: Path) -> AsyncIterator[tuple[CollectorRe
         AgentService(
             AgentSettings(gateway_id="gw-names", state_dir=str(state_dir / "agent")),
             registry=agent_registry,
-            http=http,
             make_udp_link=_no_udp_device,
         )
         store = open_store(store_url)

@@ -11,7 +11,6 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
@@ -57,7 +56,6 @@ async def test_update_over_simulated_ble(broker: MosquittoBroker, tmp_path: Path
         CloudEmulator() as cloud,
         simulated_devices(["B1", "B2"]) as devices,
         controller_probe(broker) as probe,
-        httpx.AsyncClient() as http,
     ):
         release = publish_release(cloud, "1.1.0")
         settings = msgspec.structs.replace(
@@ -68,7 +66,6 @@ async def test_update_over_simulated_ble(broker: MosquittoBroker, tmp_path: Path
             service = AgentService(
                 settings,
                 registry=CollectorRegistry(),
-                http=http,
                 make_udp_link=lambda device, counters: udp_link(device.host, device.port, counters=counters),
                 ble_backends=BleBackends(scanner=SimulatedScanner, client=SimulatedGattClient),
             )

@@ -102,22 +102,20 @@ async def running_agent(
     settings: AgentSettings, registry: CollectorRegistry | None = None
 ) -> AsyncIterator[AgentService]:
     """An AgentService running in this process until the block ends."""
-    async with httpx.AsyncClient(follow_redirects=False) as http:
-        service = AgentService(
-            settings,
-            registry=registry or CollectorRegistry(),
-            http=http,
-            make_udp_link=lambda device, counters: udp_link(
-                device.host, device.port, timeout_s=1.0, counters=counters
-            ),
-        )
-        task = asyncio.create_task(service.run())
-        try:
-            await asyncio.wait_for(service.session.connected.wait(), WAIT_S)
-            yield service
-        finally:
-            await service.stop()
-            await asyncio.wait_for(task, WAIT_S)
+    service = AgentService(
+        settings,
+        registry=registry or CollectorRegistry(),
+        make_udp_link=lambda device, counters: udp_link(
+            device.host, device.port, timeout_s=1.0, counters=counters
+        ),
+    )
+    task = asyncio.create_task(service.run())
+    try:
+        await asyncio.wait_for(service.session.connected.wait(), WAIT_S)
+        yield service
+    finally:
+        await service.stop()
+        await asyncio.wait_for(task, WAIT_S)
 
 
 @dataclass
@@ -252,6 +250,7 @@ async def running_controller(
     *,
     operator_keys: dict[str, str] | None = None,
     registry: CollectorRegistry | None = None,
+    allowed_project_keys: tuple[str, ...] = (),
     **scheduler: float,
 ) -> AsyncIterator[ControllerService]:
     """A ControllerService in this process, on its own store, talking to the cloud emulator."""
@@ -259,7 +258,9 @@ async def running_controller(
         controller_id=controller_id,
         mqtt=ControllerMqtt(host=broker.host, port=broker.port, username=""),
         store=StoreConfig(url=store_url),
-        memfault=MemfaultConfig(base_url=cloud_url, requests_per_s=1000.0),
+        memfault=MemfaultConfig(
+            base_url=cloud_url, requests_per_s=1000.0, allowed_project_keys=allowed_project_keys
+        ),
         metrics=ControllerMetrics(enabled=False),
         scheduler=SchedulerConfig(**{"tick_interval_s": 0.2, "lease_ttl_s": 5.0, **scheduler}),
         operator_keys=operator_keys or {},
