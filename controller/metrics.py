@@ -162,14 +162,22 @@ class ControllerCollector(Collector):
         current_wave = GaugeMetricFamily(
             "mcufleet_controller_rollout_current_wave", "The wave each rollout is in", labels=["rollout"]
         )
+        held = GaugeMetricFamily(
+            "mcufleet_controller_rollout_held_by_gate",
+            "1 while the rollout's failure gate holds it (verdict pause or abort), for alerts by rollout",
+            labels=["rollout", "verdict"],
+        )
         for rollout_id, machine in sorted(coordinator.machines.items()):
             if machine.plan is None:
                 continue
             for state, count in msgspec.structs.asdict(machine.counts()).items():
                 per_rollout.add_metric([rollout_id, state], count)
             current_wave.add_metric([rollout_id], machine.state_wave())
+            for verdict in (GateVerdict.PAUSE, GateVerdict.ABORT):
+                held.add_metric([rollout_id, verdict.value], int(machine.held_by_gate is verdict))
         yield per_rollout
         yield current_wave
+        yield held
         dispatch = coordinator.dispatch_latency
         yield HistogramMetricFamily(
             "mcufleet_controller_dispatch_latency_seconds",
