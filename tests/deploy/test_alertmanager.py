@@ -71,3 +71,19 @@ def test_per_gateway_alerts_are_inhibited_during_a_broker_outage() -> None:
     }
     scoped = {name for name, rule in rules.items() if rule.get("labels", {}).get("scope") == "gateway"}
     assert per_gateway and per_gateway == scoped
+
+
+def test_prometheus_sends_to_the_shipped_alertmanager() -> None:
+    """prometheus.yml's alerting target is the compose service that runs this config, on its port."""
+    prometheus = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    targets = [
+        target
+        for alertmanager in prometheus["alerting"]["alertmanagers"]
+        for static in alertmanager["static_configs"]
+        for target in static["targets"]
+    ]
+    compose = yaml.safe_load((ROOT / "deploy/compose/compose.yaml").read_text())["services"]
+    assert targets == ["alertmanager:9093"]
+    service = compose["alertmanager"]
+    assert "../alertmanager/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro" in service["volumes"]
+    assert "9093:9093" in service["ports"]

@@ -68,7 +68,10 @@ def find_server_binaries() -> Path:
             "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found on PATH or in "
             f"{DEBIAN_BIN_GLOB}: run `make test` (it installs them) or apt-get install postgresql"
         )
-    return max(candidates, key=lambda directory: int(directory.parent.name.split(".")[0]))
+    # The newest major version; a directory not named by a number sorts first.
+    return max(
+        candidates, key=lambda directory: (directory.parent.name.isdigit(), directory.parent.name.zfill(8))
+    )
 
 
 class PostgresServer:
