@@ -29,7 +29,7 @@ from agent.errors import ConfigError
 from agent.inventory import KnownDevice, ReportSequencer
 from agent.jobs import JobRunner, RunnerSettings
 from agent.journal import Journal
-from agent.metrics import AgentCollector
+from agent.metrics import AgentCollector, AgentReadings
 from agent.ota import JobSettings
 from agent.session import SessionCounters
 from agent.settings import AgentSettings, UdpDevice
@@ -187,7 +187,7 @@ class AgentService:
             monotonic=monotonic,
         )
         self.mqtt_metrics = MqttMetrics(registry)
-        registry.register(AgentCollector(self))
+        registry.register(AgentCollector(self.metrics_readings))
         mqtt = settings.mqtt
         tls = TlsSettings(mqtt.ca_file, mqtt.cert_file, mqtt.key_file) if mqtt.ca_file else None
         self.session = MqttSession(
@@ -346,3 +346,28 @@ class AgentService:
             # A full outbox drops this message (counted by the session); reports are re-sent on the
             # next refresh and results stay in the journal, so nothing durable is lost.
             self.session.publish(message)
+
+    # --- metrics ----------------------------------------------------------------------------
+
+    def metrics_readings(self) -> AgentReadings:
+        """A snapshot of the counts `/metrics` exposes (read on the scrape thread: copies only)."""
+        inventory, smp, cache = self.inventory.stats, self.smp_counters, self.fetcher.cache
+        return AgentReadings(
+            devices_by_transport=dict(inventory.by_transport),
+            probes=inventory.probes,
+            probe_failures=inventory.probe_failures,
+            reports_published=inventory.reports,
+            smp_requests=smp.requests,
+            smp_timeouts=smp.timeouts,
+            smp_malformed_replies=smp.malformed_replies,
+            smp_stray_replies=smp.stray_replies,
+            jobs_by_outcome=dict(self.runner.outcomes),
+            job_queue_depth=self.runner.queue_depth,
+            uploaded_bytes=self.runner.uploaded_bytes,
+            results_published=self.results_published,
+            artifact_cache_bytes=cache.used_bytes(),
+            artifact_cache_max_bytes=cache.max_bytes,
+            artifact_cache_hits=cache.stats.hits,
+            artifact_cache_misses=cache.stats.misses,
+            artifact_downloaded_bytes=cache.stats.downloaded_bytes,
+        )

@@ -18,6 +18,7 @@ import httpx
 import msgspec
 
 from controller.errors import MemfaultBadResponse, MemfaultUnavailable
+from controller.metrics import memfault_latency_histogram
 from controller.releases import ArtifactRef, DeviceQuery, DeviceRefused, ReleaseAnswer, ReleaseOffer, UpToDate
 
 LATEST_PATH: Final = "/api/v0/releases/latest"
@@ -51,8 +52,6 @@ class MemfaultStats:
     cache_hits: int = 0
     cache_misses: int = 0
     retries: int = 0
-    latencies_s: list[float] = field(default_factory=list)
-    """Latencies since the last drain, for a histogram; the reader clears it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +82,8 @@ class MemfaultClient:
         """Use `client` (pooled; its transport is injectable) with the given limits and clock."""
         self.settings = settings
         self.stats = MemfaultStats()
+        self.latency = memfault_latency_histogram()
+        """Request latencies, observed as they happen (fixed buckets); the service registers it."""
         self._client = client
         self._clock = clock
         self._sleep = sleep
@@ -166,7 +167,7 @@ class MemfaultClient:
                 timeout=self.settings.timeout_s,
             )
         finally:
-            self.stats.latencies_s.append(self._clock() - started)
+            self.latency.observe(self._clock() - started)
 
     def _interpret(self, response: httpx.Response) -> ReleaseAnswer | None:
         """An answer, or None for a response worth retrying (5xx, 429)."""

@@ -20,7 +20,7 @@ import structlog
 
 from controller.errors import MemfaultUnavailable, RolloutError
 from controller.memfault import MemfaultClient
-from controller.metrics import LatencyHistogram
+from controller.metrics import dispatch_latency_histogram
 from controller.operator_auth import OperatorKeys
 from controller.registry_view import FleetGauges, RegistryView
 from controller.rollout_engine.effects import Audit, Cancel, Dispatch, Effect, GateDecided
@@ -115,8 +115,7 @@ class RolloutCoordinator:
         self.registry = RegistryView(store, executor, memfault)
         self.machines: dict[str, RolloutMachine] = {}
         self.stats = CoordinatorStats()
-        self.memfault_latency = LatencyHistogram()
-        self.dispatch_latency = LatencyHistogram()
+        self.dispatch_latency = dispatch_latency_histogram()
         self._planning: dict[str, asyncio.Task[None]] = {}
         self._plans_ready: dict[str, tuple[str, Exception | None]] = {}
         self._candidates: dict[str, list[Candidate]] = {}

@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import msgspec
 import structlog
 from prometheus_client import CollectorRegistry
 
 from controller.errors import ControllerError, StaleLease, StoreError
 from controller.ingest import Ingest
 from controller.memfault import MemfaultClient
-from controller.metrics import ControllerCollector
+from controller.metrics import ControllerCollector, ControllerReadings, RolloutReading
 from controller.operator_auth import OperatorKeys
 from controller.rollouts import RolloutCoordinator
 from controller.settings import ControllerSettings
@@ -131,7 +132,9 @@ class ControllerService:
         mqtt = settings.mqtt
         share = mqtt.share_group
         self.mqtt_metrics = MqttMetrics(registry)
-        registry.register(ControllerCollector(self))
+        registry.register(ControllerCollector(self.metrics_readings))
+        registry.register(memfault.latency)
+        registry.register(self.coordinator.dispatch_latency)
         self.session = MqttSession(
             MqttSettings(
                 mqtt.host,
@@ -367,6 +370,40 @@ class ControllerService:
         except MqttError as error:
             # Counted by the session; commands stay in the store's outbox and are sent again.
             log.warning("message not queued", topic=message.topic, error=str(error))
+
+    # --- metrics -----------------------------------------------------------------------------
+
+    def metrics_readings(self) -> ControllerReadings:
+        """A snapshot of the counts `/metrics` exposes (read on the scrape thread: copies only)."""
+        coordinator, ingest = self.coordinator, self.ingest.stats
+        fleet, memfault, stats = coordinator.fleet_view, coordinator.memfault.stats, coordinator.stats
+        return ControllerReadings(
+            leader=self.is_leader,
+            gateways_online=fleet.gateways_online,
+            gateways_offline=fleet.gateways_offline,
+            devices=fleet.devices,
+            devices_by_version=dict(fleet.devices_by_version),
+            reports_received=ingest.reports_received,
+            reports_applied=ingest.reports_applied,
+            report_gaps=ingest.gaps_detected,
+            rebirths_requested=ingest.rebirths_requested,
+            memfault_requests_by_status=dict(memfault.requests_by_status),
+            memfault_cache_hits=memfault.cache_hits,
+            memfault_cache_misses=memfault.cache_misses,
+            rollouts_by_status=coordinator.rollouts_by_status(),
+            jobs=dict(stats.jobs),
+            gate_decisions=dict(stats.gate_decisions),
+            operator_requests=dict(stats.operator_requests),
+            commands_dispatched=stats.dispatched,
+            jobs_in_flight=coordinator.in_flight(),
+            rollouts={
+                rollout_id: RolloutReading(
+                    msgspec.structs.asdict(machine.counts()), machine.state_wave(), machine.held_by_gate
+                )
+                for rollout_id, machine in list(coordinator.machines.items())
+                if machine.plan is not None
+            },
+        )
 
 
 class _FirehoseReports:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 EXIT_USAGE = 2
+OWN_PACKAGES = frozenset({"mcufleet", "schemas", "service_runtime", "agent", "controller", "simulator"})
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class Subcommand:
     summary: str
     entry: str
     """`module:function`, or "" while the subcommand is not built yet."""
+    extra: str = ""
+    """The pip extra its third-party dependencies come with, named when one is missing."""
 
 
 SUBCOMMANDS: tuple[Subcommand, ...] = (
@@ -37,6 +40,12 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("gateways", "print the gateways the controller knows", "controller.fleet_cli:gateways"),
     Subcommand(
         "contract", "export or check the MQTT contract (AsyncAPI, JSON Schema)", "mcufleet.contract:run"
+    ),
+    Subcommand(
+        "dashboards",
+        "export or check the Grafana dashboards (built from Python)",
+        "mcufleet.dashboards:run",
+        extra="dashboards",
     ),
 )
 
@@ -68,7 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not command.entry:
         sys.stderr.write(f"mcufleet {command.name}: not built yet in this version (see docs/status.md)\n")
         return EXIT_USAGE
-    return _resolve(command.entry)([*rest, *args[1:]])
+    try:
+        entry = _resolve(command.entry)
+    except ModuleNotFoundError as error:
+        if not command.extra or (error.name or "").partition(".")[0] in OWN_PACKAGES:
+            raise
+        sys.stderr.write(
+            f"mcufleet {command.name}: {error.name} is not installed:"
+            f" pip install 'mcufleet[{command.extra}]'\n"
+        )
+        return EXIT_USAGE
+    return entry([*rest, *args[1:]])
 
 
 if __name__ == "__main__":

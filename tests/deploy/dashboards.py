@@ -1,5 +1,8 @@
-"""The Grafana dashboards under deploy/grafana as data, and the series names mcufleet really exports.
+"""The Grafana dashboards mcufleet generates, as data, and the series names mcufleet really exports.
 
+The dashboards are read from what `mcufleet.dashboards` builds, not from the checked-in files under
+deploy/grafana/dashboards (tests/deploy/test_grafana_dashboards.py checks those are the same), so
+every check here runs on the code that generates them.
 `queries(path)` walks every panel (rows nested or collapsed, old-style `rows` too) and every query
 variable of a dashboard and returns its PromQL. `PanelQuery.filled` replaces Grafana variables as
 Grafana would before sending the expression to Prometheus. `metric_names` lists the series an
@@ -31,11 +34,15 @@ from controller.memfault import MemfaultClient, MemfaultSettings
 from controller.service import ControllerService
 from controller.settings import ControllerSettings, MemfaultConfig, StoreConfig
 from controller.store.opening import open_store
+from mcufleet import dashboards
 
 ROOT = Path(__file__).resolve().parents[2]
-DASHBOARDS = sorted((ROOT / "deploy/grafana/dashboards").glob("*.json"))
+DASHBOARD_DIRECTORY = ROOT / dashboards.DEFAULT_DIRECTORY
+GENERATED = dashboards.render(DASHBOARD_DIRECTORY)
+"""Each dashboard's path under deploy/grafana/dashboards and the text the code generates for it."""
+DASHBOARDS = sorted(GENERATED)
 PROMETHEUS = ROOT / "deploy/prometheus"
-DATASOURCE_UID = "mcufleet-prometheus"
+DATASOURCE_UID = dashboards.DATASOURCE_UID
 
 # Grafana's global variables, as Grafana fills them for a one-hour range on a wide panel.
 GLOBAL_VARIABLES = {
@@ -114,8 +121,8 @@ def _variable_names(text: str) -> list[str]:
 
 
 def load(path: Path) -> dict[str, Any]:
-    """One dashboard document."""
-    document: dict[str, Any] = json.loads(path.read_text())
+    """One dashboard document, as generated."""
+    document: dict[str, Any] = json.loads(GENERATED[path])
     return document
 
 

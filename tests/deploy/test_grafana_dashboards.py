@@ -1,7 +1,8 @@
-"""The Grafana dashboards, checked without running anything: datasource, variables, PromQL, names.
+"""The Grafana dashboards, checked without running anything: drift, datasource, variables, PromQL, names.
 
-Every panel target (rows included) and every query variable of every dashboard under
-deploy/grafana/dashboards is extracted, its Grafana variables filled as Grafana would, and then:
+The files under deploy/grafana/dashboards must be exactly what `mcufleet dashboards export` writes
+from mcufleet/dashboards.py. Every panel target (rows included) and every query variable of every
+generated dashboard is extracted, its Grafana variables filled as Grafana would, and then:
 it must parse (promtool, i.e. Prometheus's own parser, checks each one as a recording rule
 expression), and every series it reads must be one a real agent or controller exports (read from
 the registries the services build, not from a list kept here) or one the recording rules produce.
@@ -13,12 +14,16 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from mcufleet.cli import EXIT_USAGE, main
+from mcufleet.dashboards import drift, export
 from tests.deploy.dashboards import (
+    DASHBOARD_DIRECTORY,
     DASHBOARDS,
     DATASOURCE_UID,
     GLOBAL_VARIABLES,
@@ -64,6 +69,65 @@ def test_there_are_dashboards_with_queries() -> None:
     }
     for path in DASHBOARDS:
         assert queries(path), path.name
+
+
+def test_checked_in_dashboards_match_the_code() -> None:
+    """deploy/grafana/dashboards is exactly what `mcufleet dashboards export` writes today."""
+    assert drift(DASHBOARD_DIRECTORY) == []
+
+
+def test_dashboard_drift_is_detected(tmp_path: Path) -> None:
+    """A hand edit, a missing file and a stale file are all reported by the check."""
+    export(tmp_path)
+    edited = tmp_path / "fleet-overview.json"
+    edited.write_text(edited.read_text().replace("mcufleet_controller_leader", "mcufleet_leader"))
+    (tmp_path / "gateway-detail.json").unlink()
+    (tmp_path / "retired.json").write_text("{}", encoding="utf-8")
+    assert sorted(drift(tmp_path)) == [
+        f"differs: {edited}",
+        f"missing: {tmp_path / 'gateway-detail.json'}",
+        f"stale: {tmp_path / 'retired.json'}",
+    ]
+
+
+def test_cli_check_passes_on_the_checked_in_dashboards() -> None:
+    """`mcufleet dashboards check` exits 0 on this tree."""
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("mcufleet")), "dashboards", "check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_cli_names_the_extra_when_the_sdk_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without the SDK, `mcufleet dashboards` says which extra to install instead of a traceback."""
+    monkeypatch.delitem(sys.modules, "mcufleet.dashboards")
+    for name in [name for name in sys.modules if name.partition(".")[0] == "grafana_foundation_sdk"]:
+        monkeypatch.setitem(sys.modules, name, None)  # importing it now raises ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "grafana_foundation_sdk", None)
+    assert main(["dashboards", "check"]) == EXIT_USAGE
+    assert "pip install 'mcufleet[dashboards]'" in capsys.readouterr().err
+
+
+def test_panels_tile_the_grid_without_overlapping() -> None:
+    """Every panel lies inside Grafana's 24 columns, no two overlap, and ids are unique."""
+    for path in DASHBOARDS:
+        cells: dict[tuple[int, int], str] = {}
+        ids = [panel["id"] for panel in panels(load(path))]
+        assert len(ids) == len(set(ids)), path.name
+        for panel in panels(load(path)):
+            grid = panel["gridPos"]
+            assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, (path.name, panel["title"])
+            for x in range(grid["x"], grid["x"] + grid["w"]):
+                for y in range(grid["y"], grid["y"] + grid["h"]):
+                    assert (x, y) not in cells, f"{path.name}: {panel['title']} overlaps {cells[(x, y)]}"
+                    cells[(x, y)] = panel["title"]
 
 
 def test_every_panel_uses_the_provisioned_datasource() -> None:
