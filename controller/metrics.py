@@ -61,6 +61,8 @@ class RolloutReading:
 
     devices_by_state: Mapping[str, int]
     current_wave: int
+    held_by_gate: GateVerdict | None = None
+    """The failure gate's verdict (pause or abort) while it holds the rollout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,9 +229,17 @@ def _rollouts(readings: ControllerReadings) -> Iterator[Family]:
     current_wave = GaugeMetricFamily(
         "mcufleet_controller_rollout_current_wave", "The wave each rollout is in", labels=["rollout"]
     )
+    held = GaugeMetricFamily(
+        "mcufleet_controller_rollout_held_by_gate",
+        "1 while the rollout's failure gate holds it (verdict pause or abort), for alerts by rollout",
+        labels=["rollout", "verdict"],
+    )
     for rollout_id, rollout in sorted(readings.rollouts.items()):
         for state, count in rollout.devices_by_state.items():
             per_rollout.add_metric([rollout_id, state], count)
         current_wave.add_metric([rollout_id], rollout.current_wave)
+        for verdict in (GateVerdict.PAUSE, GateVerdict.ABORT):
+            held.add_metric([rollout_id, verdict.value], int(rollout.held_by_gate is verdict))
     yield per_rollout
     yield current_wave
+    yield held

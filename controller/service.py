@@ -404,7 +404,9 @@ class ControllerService:
             commands_dispatched=stats.dispatched,
             jobs_in_flight=coordinator.in_flight(),
             rollouts={
-                rollout_id: RolloutReading(msgspec.structs.asdict(machine.counts()), machine.state_wave())
+                rollout_id: RolloutReading(
+                    msgspec.structs.asdict(machine.counts()), machine.state_wave(), machine.held_by_gate
+                )
                 for rollout_id, machine in list(coordinator.machines.items())
                 if machine.plan is not None
             },

@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from tests.harness.broker import MosquittoBroker
-from tests.harness.postgres import throwaway_database
+from tests.harness.postgres import stop_private_server, throwaway_database
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the session's own PostgreSQL (if a test started it), whether the tests passed or not."""
+    stop_private_server()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -50,6 +50,8 @@ from schemas.rollout import MAX_GATEWAYS_IN_STATE
 ACTIVE = {DeviceJobState.PENDING, DeviceJobState.WAITING, DeviceJobState.IN_FLIGHT}
 RETRYABLE_STATES = {DeviceJobState.FAILED, DeviceJobState.TIMED_OUT, DeviceJobState.UNREACHABLE}
 BUSY_RETRY_S = 5.0
+GATE_REASON_PREFIX = "failure gate: "
+"""How a pause or abort by the failure gate (not by an operator) starts its reason."""
 NO_GATEWAY = "no online gateway hears it"
 NO_GATEWAY_YET = "waiting for a gateway that hears it"
 UNHEARD_RECHECK_S = 2.0
@@ -144,6 +146,14 @@ class RolloutMachine:
         serial = self._jobs.get(job_id)
         record = self._s.devices.get(serial) if serial is not None else None
         return record.gateway if record is not None and record.job_id == job_id else None
+
+    @property
+    def held_by_gate(self) -> GateVerdict | None:
+        """The failure gate's verdict (pause or abort) while it holds this rollout, else None."""
+        held = self._s.status in (RolloutStatus.PAUSED, RolloutStatus.ABORTED)
+        if not held or not self._s.gate_decisions or not self._s.paused_reason.startswith(GATE_REASON_PREFIX):
+            return None
+        return self._s.gate_decisions[-1].verdict
 
     def state_wave(self) -> int:
         """The index of the wave being rolled out."""
@@ -452,8 +462,8 @@ class RolloutMachine:
             return effects
         effects = self._decide(now, wave, verdict, reason, bound)
         if verdict is GateVerdict.ABORT:
-            return effects + self.abort(f"failure gate: {reason}", now)
-        self._s.status, self._s.paused_reason = RolloutStatus.PAUSED, f"failure gate: {reason}"
+            return effects + self.abort(f"{GATE_REASON_PREFIX}{reason}", now)
+        self._s.status, self._s.paused_reason = RolloutStatus.PAUSED, f"{GATE_REASON_PREFIX}{reason}"
         return [*effects, Audit("paused", self._s.paused_reason)]
 
     def _decide(

@@ -64,14 +64,20 @@ DATA_WAIT_S = 45.0
 CONTROLLER_JOB, AGENT_JOB = "mcufleet-controller", "mcufleet-agent"
 
 
-def prometheus_config(tmp_path: Path, targets: dict[str, str]) -> Path:
+def prometheus_config(tmp_path: Path, targets: dict[str, str], alertmanager: str | None = None) -> Path:
     """deploy/prometheus/prometheus.yml pointed at the live processes, scraping every second.
 
     Job names, rule files and file discovery stay as deployed: the agent is listed in a gateway
     file with the labels of deploy/prometheus/gateways (so `gateway` exists, as in production).
+    Alerts go to `alertmanager` (host:port) if given, else nowhere (never to the deployed host name).
     """
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     config["global"] = {**config.get("global", {}), "scrape_interval": "1s", "evaluation_interval": "1s"}
+    assert config["alerting"]["alertmanagers"], "prometheus.yml sends alerts nowhere"
+    if alertmanager is None:
+        del config["alerting"]
+    else:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
     config["rule_files"] = [
         str(path) for pattern in config["rule_files"] for path in PROMETHEUS.glob(pattern)
     ]
@@ -94,13 +100,13 @@ def prometheus_config(tmp_path: Path, targets: dict[str, str]) -> Path:
 
 @contextlib.asynccontextmanager
 async def running_prometheus(
-    tmp_path: Path, targets: dict[str, str], http: httpx.AsyncClient
+    tmp_path: Path, targets: dict[str, str], http: httpx.AsyncClient, alertmanager: str | None = None
 ) -> AsyncIterator[str]:
     """Debian's Prometheus with that config, ready; yields its base URL."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus not found: run `make test` (it installs Debian's prometheus package)")
-    config = prometheus_config(tmp_path, targets)
+    config = prometheus_config(tmp_path, targets, alertmanager)
     port = free_tcp_port()
     base_url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "prometheus.log"
