@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 import structlog
@@ -36,6 +36,7 @@ from agent.discovery import Inventory
 from agent.errors import DeviceUnreachable
 from agent.session import SessionCounters, SmpSession
 from agent.settings import BleConfig
+from agent.transport.base import SmpTransport
 from agent.transport.ble import SMP_SERVICE_UUID, AdapterLimits, BleCounters, BleTransport, Reassembly
 from schemas import Transport
 
@@ -75,7 +76,7 @@ class BleLink:
     def __init__(
         self,
         device: BLEDevice,
-        transport_for: _TransportFactory,
+        transport_for: Callable[[BleLink], SmpTransport],
         demand: ScanDemand,
         *,
         timeout_s: float,
