@@ -8,7 +8,10 @@ address rotates it moves the device to the new link and makes the old one follow
 
 Scanning runs for `scan_window_s` out of every `scan_interval_s` (continuously when the window
 fills the interval), actively or passively, and also whenever a link waits for its device to
-advertise again (after a reset or a dropped link). Passive scanning on BlueZ needs bleak's
+advertise again (after a reset or a dropped link). The duty cycle is the application's: bleak has
+no scan interval or window arguments (the controller's own LE scan timing is BlueZ's main.conf,
+`[LE] ScanIntervalDiscovery`/`ScanWindowDiscovery`, `...AdvMonitoring` for passive scans), so
+the scanner is started and stopped. Passive scanning on BlueZ needs bleak's
 `or_patterns` (BlueZ's advertisement monitor; BlueZ >= 5.56 with `--experimental`, Linux >= 5.10):
 the SMP service UUID as the first 128-bit UUID of the advertisement, and the name prefix when one
 is configured. Passive scans hear no scan responses, so a name or UUID carried only there is missed.
@@ -252,6 +255,9 @@ class BleDiscovery:
             return
         link = self._links.get(device.address)
         if link is None or link.superseded:
+            # Retired addresses (rotated away) would otherwise pile up for the agent's lifetime.
+            for address in [a for a, known in self._links.items() if known.superseded]:
+                del self._links[address]
             link = BleLink(
                 device,
                 self._factories[adapter],
