@@ -1,7 +1,9 @@
-"""BLE pieces without a radio or a broker: frame sizing, passive-scan patterns, settings, presence."""
+"""BLE pieces without a radio or a broker: frame sizing, scan patterns, settings, presence, identity."""
 
 import asyncio
+import contextlib
 import uuid
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
@@ -9,8 +11,12 @@ from bleak.assigned_numbers import AdvertisementDataType
 from bleak.backends.device import BLEDevice
 
 from agent.ble_discovery import BleLink, ScanDemand, or_patterns
+from agent.device_link import DeviceLink, udp_link
+from agent.discovery import Inventory
 from agent.errors import DeviceUnreachable
-from agent.settings import BleConfig
+from agent.inventory import KnownDevice
+from agent.session import SmpSession
+from agent.settings import BleConfig, DiscoveryConfig
 from agent.transport.ble import (
     DEFAULT_FRAME_BYTES,
     SMP_SERVICE_UUID,
@@ -18,6 +24,9 @@ from agent.transport.ble import (
     Reassembly,
     frame_limit_bytes,
 )
+from schemas import Reachability, Transport
+from simulator.server import FleetServer
+from tests.integration.world import fleet_of
 
 
 @pytest.mark.parametrize(
@@ -95,3 +104,70 @@ async def test_a_followed_link_connects_at_the_new_address() -> None:
     assert (old.address, old.device.address) == ("5A:00:00:00:00:02", "5A:00:00:00:00:02")
     new.follow(old)  # a cycle would hang every connect: refused
     assert not new.superseded
+
+
+class _RelabelledLink:
+    """A simulated device over UDP, presented at a made-up BLE address (a rotating private address)."""
+
+    def __init__(self, address: str, host: str, port: int) -> None:
+        self.address = address
+        self._inner = udp_link(host, port, timeout_s=1.0)
+        self.successor: DeviceLink | None = None
+
+    async def connect(self, handshake_timeout_s: float | None = None) -> SmpSession:
+        return await self._inner.connect(handshake_timeout_s)
+
+    def follow(self, successor: DeviceLink) -> None:
+        self.successor = successor
+
+
+async def test_a_rotated_address_is_the_same_device_and_never_reported_lost() -> None:
+    """A serial found at a new BLE address retires the old endpoint: its silence never means lost."""
+    clock_s = [0.0]
+    changes: list[KnownDevice] = []
+    changed = asyncio.Event()
+
+    def on_change(device: KnownDevice) -> None:
+        changes.append(device)
+        changed.set()
+
+    async def wait_for_report(address: str, count: int = 1) -> None:
+        async with asyncio.timeout(10):
+            while sum(c.snapshot.address == address for c in changes) < count:
+                changed.clear()
+                await changed.wait()
+
+    inventory = Inventory(
+        DiscoveryConfig(refresh_interval_s=100.0, lost_after_s=10.0, retry_interval_s=1.0),
+        on_change=on_change,
+        now=lambda: datetime(2026, 1, 1, tzinfo=UTC),
+        monotonic=lambda: clock_s[0],
+    )
+    async with FleetServer(fleet_of(["R1"]), base_host="127.0.0.1", port_per_device=True) as server:
+        host, port = server.endpoints["R1"]
+        old, new = (
+            _RelabelledLink("7A:00:00:00:00:01", host, port),
+            _RelabelledLink("5B:00:00:00:00:02", host, port),
+        )
+        task = asyncio.create_task(inventory.run())
+        try:
+            inventory.add_endpoint(old, Transport.BLE)
+            await wait_for_report(old.address)
+            clock_s[0] = 8.0
+            inventory.add_endpoint(new, Transport.BLE)
+            await wait_for_report(new.address)
+            clock_s[0] = 15.0  # the old address has been silent past lost_after_s
+            changes.clear()
+            inventory.refresh("R1")
+            await wait_for_report(new.address)
+            # A second pass starts only after the first one's loss check: wait for it too.
+            inventory.refresh("R1")
+            await wait_for_report(new.address, 2)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert all(c.reachability is Reachability.PRESENT for c in changes)
+    assert inventory.devices["R1"].reachability is Reachability.PRESENT
+    assert inventory.addresses_of("R1") == [new.address]
+    assert old.successor is new
