@@ -46,6 +46,7 @@ from schemas import Transport
 log = structlog.get_logger("mcufleet.agent.ble")
 
 RESTART_DELAY_S: Final = 5.0
+RETIRED_ADDRESSES_KEPT: Final = 1024
 
 
 class ScanDemand:
@@ -238,7 +239,10 @@ class BleDiscovery:
             for adapter in settings.adapters
         }
         self._links: dict[str, BleLink] = {}
+        self._retired: dict[str, bool] = {}
         self.advertisements_seen = 0
+        self.returned_addresses = 0
+        """Advertisements from an address whose device had moved to another (duplicate serials?)."""
         self.scans_completed = 0
 
     def _wanted(self, device: BLEDevice, advertisement: AdvertisementData) -> bool:
@@ -255,9 +259,11 @@ class BleDiscovery:
             return
         link = self._links.get(device.address)
         if link is None or link.superseded:
-            # Retired addresses (rotated away) would otherwise pile up for the agent's lifetime.
-            for address in [a for a, known in self._links.items() if known.superseded]:
-                del self._links[address]
+            self._prune_retired()
+            if self._retired.pop(device.address, False):
+                # Rotated-away private addresses do not come back: two devices may share a serial.
+                self.returned_addresses += 1
+                log.warning("an address retired for its serial advertises again", address=device.address)
             link = BleLink(
                 device,
                 self._factories[adapter],
@@ -270,6 +276,14 @@ class BleDiscovery:
         else:
             link.heard(device)
         self._inventory.add_endpoint(link, Transport.BLE, advertisement.rssi)
+
+    def _prune_retired(self) -> None:
+        """Drop links of addresses the device rotated away from (they would pile up forever)."""
+        for address in [a for a, known in self._links.items() if known.superseded]:
+            del self._links[address]
+            self._retired[address] = True
+        while len(self._retired) > RETIRED_ADDRESSES_KEPT:
+            del self._retired[next(iter(self._retired))]
 
     async def run(self) -> None:
         """Scan on every adapter until cancelled; a failing adapter is retried, never fatal."""
