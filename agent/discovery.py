@@ -3,6 +3,10 @@
 Endpoints come from discovery (UDP devices listed in the config; BLE advertisements). Each is
 probed (group 128 info and key, image state, MCUmgr parameters) when due, under the device's lock so
 a probe never interleaves with an OTA job. A device unheard for `lost_after_s` is reported lost.
+
+A device is its serial, not its address: when a BLE probe finds a serial already known at another
+BLE address (a resolvable private address rotated), the old endpoint is retired and its link made
+to follow the new one, so the device stays one device and a job holding the old link goes on.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol, runtime_checkable
 
 import structlog
 
@@ -22,6 +27,15 @@ from agent.settings import DiscoveryConfig
 from schemas import Reachability, Transport
 
 log = structlog.get_logger("mcufleet.agent.discovery")
+
+
+@runtime_checkable
+class FollowingLink(Protocol):
+    """A link that can hand its connections to another link of the same device (BLE)."""
+
+    def follow(self, successor: DeviceLink) -> None:
+        """Connect through `successor` from now on."""
+        ...
 
 
 @dataclass
@@ -112,6 +126,10 @@ class Inventory:
         self._endpoints[link.address] = Endpoint(link, transport, rssi_dbm)
         self._wakeup.set()
 
+    def addresses_of(self, serial: str) -> list[str]:
+        """Every endpoint address this inventory tracks for the device `serial`."""
+        return [address for address, e in self._endpoints.items() if e.serial == serial]
+
     def refresh(self, serial: str) -> None:
         """Probe a device soon (after a job changed its images)."""
         device = self._devices.get(serial)
@@ -163,6 +181,7 @@ class Inventory:
             return None
         endpoint.failures = 0
         endpoint.serial = snapshot.serial
+        self._retire_old_addresses(endpoint)
         endpoint.last_heard_s = self._monotonic()
         endpoint.next_probe_at_s = endpoint.last_heard_s + self.settings.refresh_interval_s
         device = KnownDevice(snapshot, self._now(), endpoint.rssi_dbm)
@@ -172,6 +191,20 @@ class Inventory:
         async with self._changed:
             self._changed.notify_all()
         return device
+
+    def _retire_old_addresses(self, endpoint: Endpoint) -> None:
+        """The device moved to this BLE address: forget the others, their links follow this one."""
+        if endpoint.transport is not Transport.BLE:
+            return
+        for address, other in list(self._endpoints.items()):
+            if other is endpoint or other.serial != endpoint.serial or other.transport is not Transport.BLE:
+                continue
+            del self._endpoints[address]
+            if isinstance(other.link, FollowingLink):
+                other.link.follow(endpoint.link)
+            log.info(
+                "device moved", serial=endpoint.serial, old_address=address, address=endpoint.link.address
+            )
 
     def _mark_lost(self, now_s: float) -> None:
         for endpoint in self._endpoints.values():

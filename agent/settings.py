@@ -6,7 +6,7 @@ Every table forbids unknown keys, so a typo stops the agent at start with the ke
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -72,7 +72,26 @@ class BleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name_prefix: str = ""
     """Fallback filter for devices that do not advertise the SMP service UUID."""
     scan_window_s: PositiveSeconds = 10.0
+    """How long each scan lasts."""
+    scan_interval_s: PositiveSeconds = 30.0
+    """A scan starts every this many seconds (at most `scan_window_s`: scan continuously). Between
+    scans the radio is free for connections (and, on a Raspberry Pi, for the Wi-Fi it shares an
+    antenna with); a link waiting for its device's advertisement turns scanning on at once."""
+    passive_scan: bool = False
+    """Listen without scan requests (BlueZ >= 5.56 started with `--experimental`, Linux >= 5.10);
+    names and UUIDs sent only in scan responses are then not seen."""
+    connect_timeout_s: PositiveSeconds = 20.0
+    """Longest wait for a device to advertise again and for a connection to be established."""
     pair_when_access_denied: bool = False
+    """Pair (and bond) with a device only once it answers rc 11, MGMT_ERR_EACCESSDENIED."""
+    reassembly: Literal["params", "always", "never"] = "params"
+    """Whether devices reassemble a frame that spans ATT writes (CONFIG_MCUMGR_TRANSPORT_BT_REASSEMBLY):
+    `params`: those that answer the MCUmgr parameters read do, up to their `buf_size` (smpclient's
+    rule); `never`: every frame fits one write (MTU - 3); `always`: split up to `buf_size`."""
+
+    def __post_init__(self) -> None:
+        if self.scan_interval_s < self.scan_window_s:
+            raise ValueError("ble.scan_interval_s must be at least ble.scan_window_s")
 
 
 class JobsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
