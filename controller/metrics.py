@@ -154,6 +154,11 @@ class ControllerCollector(Collector):
         for (op, answer), count in sorted({**known, **coordinator.stats.operator_requests}.items()):
             requests.add_metric([op, answer], count)
         yield requests
+        yield CounterMetricFamily(
+            "mcufleet_controller_operator_reply_topics_refused",
+            "Operator requests refused unread: their response topic was outside the operator reply subtree",
+            value=coordinator.stats.reply_topics_refused,
+        )
         per_rollout = GaugeMetricFamily(
             "mcufleet_controller_rollout_devices",
             "Devices of each unfinished or recent rollout by job state (bounded by the rollouts kept)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -22,6 +23,9 @@ from controller.settings import (
     MemfaultConfig,
     MetricsConfig,
     MqttConfig,
+    OperatorAuthConfig,
+    OperatorKey,
+    OperatorRole,
     SchedulerConfig,
     StoreConfig,
 )
@@ -202,7 +206,7 @@ async def test_malformed_and_unauthorised_operator_requests_are_rejected(
         running_controller(broker, cloud.base_url, f"sqlite:///{tmp_path / 'c.sqlite3'}") as controller,
         operator_client(broker) as client,
     ):
-        reply_topic = TREE.topic(TopicKind.OPERATOR_REPLY, request_id="garbage-1")
+        reply_topic = TREE.topic(TopicKind.OPERATOR_REPLY, operator_id="alice", request_id="garbage-1")
         await client.subscribe(reply_topic, qos=1)
         properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         properties.ResponseTopic = reply_topic
@@ -236,7 +240,14 @@ async def test_signed_requests_are_required_when_keys_are_configured(
     store_url = f"sqlite:///{tmp_path / 'c.sqlite3'}"
     async with (
         CloudEmulator() as cloud,
-        running_controller(broker, cloud.base_url, store_url, operator_keys={"ops-1": public}) as controller,
+        running_controller(
+            broker,
+            cloud.base_url,
+            store_url,
+            operator_auth=OperatorAuthConfig(
+                keys={"ops-1": OperatorKey(public_key=public, operator="ops", role=OperatorRole.OPERATOR)}
+            ),
+        ) as controller,
         operator_client(broker) as client,
     ):
         request = CreateRollout(
@@ -249,7 +260,7 @@ async def test_signed_requests_are_required_when_keys_are_configured(
             and reply.reason == "signature_required"
         )
         fresh = msgspec.structs.replace(request, request_id=RequestId("c-signed"))
-        signed = await send_request(client, TREE, sign_request(fresh, "ops-1", key), 15)
+        signed = await send_request(client, TREE, sign_request(fresh, "ops-1", key, datetime.now(UTC)), 15)
         assert signed is not None and signed.status is ReplyStatus.ACCEPTED, signed
         rollouts = await controller.executor.call(controller.store.load_rollouts)
     assert [r.rollout_id for r in rollouts] == ["r-x"]
