@@ -24,14 +24,16 @@ strictly: an unknown key or an ill-typed value is an error naming it.
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
 from controller.errors import ConfigError
 
+T = TypeVar("T")
 ENV_PREFIX = "MCUFLEET_CLI_"
 MAX_PROFILE_FILE_BYTES = 256 * 1024
 
@@ -107,11 +109,26 @@ def read_profile_file(path: Path) -> ProfileFile:
     if len(raw) > MAX_PROFILE_FILE_BYTES:
         raise ConfigError(f"profile file {path}: {len(raw)} bytes is larger than {MAX_PROFILE_FILE_BYTES}")
     try:
-        return msgspec.toml.decode(raw, type=ProfileFile)
-    except msgspec.ValidationError as error:
-        raise ConfigError(f"profile file {path}: {error}") from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"profile file {path}: not valid TOML: {error}") from None
+    bodies = document.pop("profiles", {})
+    if not isinstance(bodies, dict):
+        raise ConfigError(f"profile file {path}: `profiles` must be a table of [profiles.<name>] tables")
+    # Each profile on its own, so an error names the profile it is in.
+    profiles = {name: _strict(Profile, body, path, f"profiles.{name}") for name, body in bodies.items()}
+    header = _strict(ProfileFile, document, path, "")
+    return msgspec.structs.replace(header, profiles=profiles)
+
+
+def _strict(kind: type[T], document: object, path: Path, where: str) -> T:
+    try:
+        return msgspec.convert(document, kind, strict=True)
+    except msgspec.ValidationError as error:
+        message = (
+            str(error).replace("`$.", f"`{where}." if where else "`").replace("`$`", f"`{where or '$'}`")
+        )
+        raise ConfigError(f"profile file {path}: {message}") from None
 
 
 def resolve_profile(
