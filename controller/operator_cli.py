@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import enum
+import logging
 import ssl
 import sys
 import uuid
@@ -105,10 +106,29 @@ class CliFailure(Exception):
         self.code = code
 
 
-class OperatorClient(aiomqtt.Client):
-    """aiomqtt's client, keeping the PUBACK reason code it otherwise drops (an ACL denial is one)."""
+class EarlyDisconnect(aiomqtt.MqttError):
+    """The connection closed before the broker's CONNACK (the message is paho's last error)."""
 
-    last_puback_reason: int = 0
+
+class OperatorClient(aiomqtt.Client):
+    """aiomqtt's client, keeping what it otherwise drops: PUBACK reason codes, and why a connection died.
+
+    aiomqtt ignores a disconnect before CONNACK and waits for its timeout; with TLS 1.3 that is how
+    a broker refusing our certificate looks (its alert comes after our side of the handshake).
+    """
+
+    def __init__(self, hostname: str, port: int, **options: Any) -> None:
+        quiet = logging.getLogger("mcufleet.rollout.mqtt")
+        quiet.addHandler(logging.NullHandler())
+        quiet.propagate = False  # the CLI says what went wrong in one line, not in paho's words
+        super().__init__(hostname, port, logger=quiet, **options)
+        self.last_puback_reason = 0
+        self.socket_error = ""
+        self._client.on_log = self._on_log
+
+    def _on_log(self, client: paho.Client, userdata: Any, level: int, message: str) -> None:
+        if level == paho.MQTT_LOG_ERR:
+            self.socket_error = message.removeprefix("failed to receive on socket: ")
 
     def _on_publish(
         self,
@@ -121,6 +141,18 @@ class OperatorClient(aiomqtt.Client):
         # One request in flight at a time: the last PUBACK is the request's.
         self.last_puback_reason = reason_code.value
         super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        if not self._connected.done():
+            self._connected.set_exception(EarlyDisconnect(self.socket_error or str(reason_code)))
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,6 +314,16 @@ def _connect_failure(error: aiomqtt.MqttError, profile: Profile) -> CliFailure: 
                 Exit.LOGIN_REFUSED, f"broker {where} refused the login: {reason} (reason code {code})"
             )
         return CliFailure(Exit.UNREACHABLE, f"broker {where} refused the connection: {error}")
+    if isinstance(error, EarlyDisconnect):
+        if "SSL" in str(error) or "alert" in str(error):
+            return CliFailure(
+                Exit.CERTIFICATE,
+                f"broker {where} refused our certificate ({error}): is it signed by the broker's CA,"
+                " unexpired, and is its key the right one?",
+            )
+        return CliFailure(
+            Exit.UNREACHABLE, f"broker {where} closed the connection before accepting it: {error}"
+        )
     cause = error.__context__
     if isinstance(cause, ssl.SSLCertVerificationError):
         return CliFailure(
@@ -298,8 +340,6 @@ def _connect_failure(error: aiomqtt.MqttError, profile: Profile) -> CliFailure: 
         return CliFailure(Exit.UNREACHABLE, f"broker {where} refused the connection: nothing listens there")
     if isinstance(cause, OSError):
         return CliFailure(Exit.UNREACHABLE, f"broker {where} unreachable: {_why(cause)}")
-    if isinstance(cause, ssl.SSLError | ConnectionResetError) or "SSL" in str(error):
-        return CliFailure(Exit.CERTIFICATE, f"broker {where} ended the TLS session: {error}")
     return CliFailure(Exit.UNREACHABLE, f"broker {where}: {error}")
 
 
