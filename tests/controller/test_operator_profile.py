@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from controller.errors import ConfigError
-from controller.operator_profile import Profile, default_path, resolve_profile
+from controller.operator_auth import OperatorKeys
+from controller.operator_profile import Profile, default_path, read_profile_file, resolve_profile
+from controller.settings import ControllerSettings
 
 FILE = """
 default_profile = "prod"
@@ -99,3 +104,16 @@ def test_an_explicit_file_that_is_missing_is_an_error(tmp_path: Path) -> None:
     """--config naming no file is an error (only the default location may be absent)."""
     with pytest.raises(ConfigError, match="cannot read"):
         resolve(tmp_path / "nope.toml")
+
+
+def test_the_examples_in_the_operations_guide_decode(tmp_path: Path) -> None:
+    """docs/operations.md's controller key table and CLI profile file are valid as written."""
+    text = (Path(__file__).resolve().parents[2] / "docs/operations.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, flags=re.DOTALL)
+    controller = next(block for block in blocks if block.startswith("[operator_auth]"))
+    settings = msgspec.convert(tomllib.loads(controller), ControllerSettings, strict=True)
+    assert OperatorKeys(settings.operator_auth).required
+    cli = next(block for block in blocks if block.startswith("default_profile"))
+    path = tmp_path / "cli.toml"
+    path.write_text(cli)
+    assert set(read_profile_file(path).profiles) == {"prod", "lab"}
