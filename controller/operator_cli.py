@@ -88,9 +88,6 @@ class Exit(enum.IntEnum):
     DENIED = 7
 
 
-EXIT_REJECTED = Exit.REJECTED
-EXIT_NO_ANSWER = Exit.NO_ANSWER
-EXIT_USAGE = Exit.USAGE
 TERMINAL = {RolloutStatus.COMPLETED, RolloutStatus.ABORTED}
 ANONYMOUS = "anonymous"
 """The reply-subtree name of a client with neither certificate nor username (brokers without ACLs)."""

@@ -10,6 +10,8 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controller.errors import ConfigError
 from controller.operator_auth import REQUIRED_ROLE, OperatorKeys, request_op, required_role, sign_request
@@ -214,3 +216,34 @@ def test_the_key_table_decodes_strictly_from_toml() -> None:
     ):
         with pytest.raises(msgspec.ValidationError):
             msgspec.toml.decode(bad, type=OperatorAuthConfig)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(min_value=0, max_value=5), st.floats(min_value=0.0, max_value=40.0)),
+        max_size=40,
+    )
+)
+def test_no_replay_inside_the_window_passes_and_memory_holds_only_the_window(
+    steps: list[tuple[int, float]],
+) -> None:
+    """Whatever the order and timing, a used signature never passes again while it is fresh."""
+    keys = OperatorKeys(CONFIG)
+    issued = [NOW + timedelta(seconds=20.0 * index) for index in range(6)]
+    requests = [
+        signed(msgspec.structs.replace(PAUSE, request_id=RequestId(f"req-{i}")), at=at)
+        for i, at in enumerate(issued)
+    ]
+    now, used = NOW, set()
+    for index, advance_s in steps:
+        now += timedelta(seconds=advance_s)
+        request = requests[index]
+        if keys.verify(request, now).refusal:
+            continue
+        verdict = keys.remember(request, now)
+        assert verdict == ("replayed" if index in used else ""), (index, now)
+        used.add(index)
+        # Remembered: exactly the used signatures that could still pass the freshness check.
+        window = {i for i in used if issued[i].timestamp() + CONFIG.max_skew_s >= now.timestamp()}
+        assert keys.remembered == len(window)
