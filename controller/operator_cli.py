@@ -121,7 +121,19 @@ class OperatorClient(aiomqtt.Client):
         super().__init__(hostname, port, logger=quiet, **options)
         self.last_puback_reason = 0
         self.socket_error = ""
+        self.connected_once = False
         self._client.on_log = self._on_log
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        self.connected_once = self.connected_once or not reason_code.is_failure
+        super()._on_connect(client, userdata, flags, reason_code, properties)
 
     def _on_log(self, client: paho.Client, userdata: Any, level: int, message: str) -> None:
         if level == paho.MQTT_LOG_ERR:
@@ -232,7 +244,7 @@ def run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     except CliFailure as failure:
         sys.stderr.write(f"mcufleet rollout: {failure}\n")
         return failure.code
-    except ConfigError as error:
+    except (ConfigError, TopicError) as error:
         sys.stderr.write(f"mcufleet rollout: {error}\n")
         return Exit.USAGE
 
@@ -319,7 +331,7 @@ def _connect_failure(error: aiomqtt.MqttError, profile: Profile) -> CliFailure: 
                 " unexpired, and is its key the right one?",
             )
         return CliFailure(
-            Exit.UNREACHABLE, f"broker {where} closed the connection before accepting it: {error}"
+            Exit.UNREACHABLE, f"broker {where} unreachable: the connection ended before it answered ({error})"
         )
     cause = error.__context__
     if isinstance(cause, ssl.SSLCertVerificationError):
@@ -361,6 +373,8 @@ async def _main(args: argparse.Namespace, profile: Profile) -> int:
         tree = TopicTree(profile.prefix)
     except TopicError as error:
         raise ConfigError(f"prefix: {error}") from None
+    if not is_valid_id(args.rollout_id):
+        raise ConfigError(f"rollout id {args.rollout_id!r} is not an id (letters, digits, ._:@-)")
     signing_key = _signing_key(profile)
     context = tls_context(profile)
     identity = reply_identity(profile)
@@ -380,14 +394,11 @@ async def _main(args: argparse.Namespace, profile: Profile) -> int:
                 client, tree=tree, args=args, profile=profile, identity=identity, signing_key=signing_key
             )
     except aiomqtt.MqttError as error:
-        if not client.last_puback_reason and not _connected(client):
+        if not client.connected_once:
             raise _connect_failure(error, profile) from None
-        raise CliFailure(Exit.UNREACHABLE, f"broker {profile.host}:{profile.port}: {error}") from None
-
-
-def _connected(client: aiomqtt.Client) -> bool:
-    future = client._connected  # aiomqtt has no public "did CONNACK arrive"
-    return future.done() and future.exception() is None
+        raise CliFailure(
+            Exit.UNREACHABLE, f"lost the broker {profile.host}:{profile.port}: {error}"
+        ) from None
 
 
 async def _command(
