@@ -23,9 +23,6 @@ from controller.settings import (
     MemfaultConfig,
     MetricsConfig,
     MqttConfig,
-    OperatorAuthConfig,
-    OperatorKey,
-    OperatorRole,
     SchedulerConfig,
     StoreConfig,
 )
@@ -240,14 +237,7 @@ async def test_signed_requests_are_required_when_keys_are_configured(
     store_url = f"sqlite:///{tmp_path / 'c.sqlite3'}"
     async with (
         CloudEmulator() as cloud,
-        running_controller(
-            broker,
-            cloud.base_url,
-            store_url,
-            operator_auth=OperatorAuthConfig(
-                keys={"ops-1": OperatorKey(public_key=public, operator="ops", role=OperatorRole.OPERATOR)}
-            ),
-        ) as controller,
+        running_controller(broker, cloud.base_url, store_url, operator_keys={"ops-1": public}) as controller,
         operator_client(broker) as client,
     ):
         request = CreateRollout(

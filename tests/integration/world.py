@@ -39,6 +39,8 @@ from controller.settings import (
     ControllerSettings,
     MemfaultConfig,
     OperatorAuthConfig,
+    OperatorKey,
+    OperatorRole,
     SchedulerConfig,
     StoreConfig,
 )
@@ -269,12 +271,23 @@ async def running_controller(
     store_url: str,
     controller_id: str = "controller-1",
     *,
+    operator_keys: dict[str, str] | None = None,
     operator_auth: OperatorAuthConfig | None = None,
     tls: TlsSettings | None = None,
     registry: CollectorRegistry | None = None,
     **scheduler: float,
 ) -> AsyncIterator[ControllerService]:
-    """A ControllerService in this process, on its own store, talking to the cloud emulator."""
+    """A ControllerService in this process, on its own store, talking to the cloud emulator.
+
+    `operator_keys` (key id -> base64 public key) is shorthand for admin keys that speak for an
+    operator named like the key; `operator_auth` configures identities, roles and skew in full.
+    """
+    if operator_keys:
+        keys = {
+            key_id: OperatorKey(public_key=public_key, operator=key_id, role=OperatorRole.ADMIN)
+            for key_id, public_key in operator_keys.items()
+        }
+        operator_auth = OperatorAuthConfig(keys={**keys, **(operator_auth.keys if operator_auth else {})})
     settings = ControllerSettings(
         controller_id=controller_id,
         mqtt=ControllerMqtt(host=broker.host, port=broker.port, username="", **_tls_fields(tls)),
