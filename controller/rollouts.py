@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import msgspec
 import structlog
@@ -78,6 +79,13 @@ class CoordinatorStats:
     dispatched: int = 0
     reply_topics_refused: int = 0
     """Operator requests whose response topic was outside the operator reply subtree."""
+
+
+class _Refusal(NamedTuple):
+    reason: str
+    detail: str
+    topic: str
+    correlation: bytes
 
 
 @dataclass
@@ -215,56 +223,31 @@ class RolloutCoordinator:
         op = request_op(request)
         auth = self._keys.verify(request, now)
         actor = auth.operator or "unverified"
+
+        def refuse(reason: str, detail: str, topic: str = reply_topic) -> None:
+            self._refuse(request, op, actor, _Refusal(reason, detail, topic, correlation), now, step)
+
         if not self._is_operator_reply_topic(reply_topic):
             # Never publish where the request says: that could be a gateway's command topic (a
             # confused deputy). The refusal goes to the default reply topic; the request is not read.
             self.stats.reply_topics_refused += 1
             default_topic = self._tree.topic(TopicKind.OPERATOR_DEFAULT_REPLY, request_id=request.request_id)
-            detail = f"response topic {reply_topic[:120]!r} is not under {self._tree.prefix}/ops/reply/<you>/"
-            self._refuse(
-                request,
-                op=op,
-                actor=actor,
-                reason="reply_topic_refused",
-                detail=detail,
-                topic=default_topic,
-                correlation=correlation,
-                now=now,
-                step=step,
+            refuse(
+                "reply_topic_refused",
+                f"response topic {reply_topic[:120]!r} is not under {self._tree.prefix}/ops/reply/<you>/",
+                default_topic,
             )
             return
         if auth.refusal:
-            self._refuse(
-                request,
-                op=op,
-                actor=actor,
-                reason=auth.refusal,
-                detail=auth.detail,
-                topic=reply_topic,
-                correlation=correlation,
-                now=now,
-                step=step,
-            )
+            refuse(auth.refusal, auth.detail)
             return
         previous = await self._executor.call(self._store.reply_for, request.request_id)
         if previous is not None:
             # The same request id again: answer as the first time, never act twice.
             self._publish(Outbound(reply_topic, previous, qos=1, correlation_data=correlation))
             return
-        replay = self._keys.remember(request, now)
-        if replay:
-            detail = "this signature was used before"
-            self._refuse(
-                request,
-                op=op,
-                actor=actor,
-                reason=replay,
-                detail=detail,
-                topic=reply_topic,
-                correlation=correlation,
-                now=now,
-                step=step,
-            )
+        if replay := self._keys.remember(request, now):
+            refuse(replay, "this signature was used before")
             return
         status, reason, message = ReplyStatus.ACCEPTED, "", ""
         try:
@@ -299,20 +282,11 @@ class RolloutCoordinator:
         except TopicError:
             return False
 
-    def _refuse(
-        self,
-        request: OperatorRequest,
-        *,
-        op: str,
-        actor: str,
-        reason: str,
-        detail: str,
-        topic: str,
-        correlation: bytes,
-        now: datetime,
-        step: _Step,
+    def _refuse(  # noqa: PLR0917 (what the reply and the audit line say)
+        self, request: OperatorRequest, op: str, actor: str, refusal: _Refusal, now: datetime, step: _Step
     ) -> None:
         """Refuse without acting: published and audited, but not kept as the request id's answer."""
+        reason, detail, topic, correlation = refusal
         reply = OperatorReply(
             request_id=request.request_id,
             op=op,
