@@ -312,7 +312,7 @@ def _why(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def _connect_failure(error: aiomqtt.MqttError, profile: Profile) -> CliFailure:  # noqa: PLR0911 (one return per cause)
+def connect_failure(error: aiomqtt.MqttError, profile: Profile) -> CliFailure:  # noqa: PLR0911 (one return per cause)
     """Tell why the connection failed, from the error aiomqtt raised (it keeps the cause as context)."""
     where = f"{profile.host}:{profile.port}"
     if isinstance(error, MqttConnectError):
@@ -395,7 +395,7 @@ async def _main(args: argparse.Namespace, profile: Profile) -> int:
             )
     except aiomqtt.MqttError as error:
         if not client.connected_once:
-            raise _connect_failure(error, profile) from None
+            raise connect_failure(error, profile) from None
         raise CliFailure(
             Exit.UNREACHABLE, f"lost the broker {profile.host}:{profile.port}: {error}"
         ) from None

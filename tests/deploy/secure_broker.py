@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,10 +29,17 @@ def with_operator(acl: str, name: str) -> str:
 
 
 def production_config(
-    workdir: Path, port: int, authority: ThrowawayAuthority, broker_identity: Identity, acl: str
+    workdir: Path,
+    port: int,
+    authority: ThrowawayAuthority,
+    broker_identity: Identity,
+    acl: str,
+    *,
+    passwords: dict[str, str] | None = None,
 ) -> str:
-    """deploy/mosquitto/mosquitto.conf with only paths and the port swapped for the test's."""
-    text = (ROOT / "deploy/mosquitto/mosquitto.conf").read_text()
+    """deploy/mosquitto/mosquitto.conf (mosquitto-password.conf with `passwords`), test paths and port."""
+    name = "mosquitto-password.conf" if passwords is not None else "mosquitto.conf"
+    text = (ROOT / "deploy/mosquitto" / name).read_text()
     acl_file = workdir / "mcufleet.acl"
     acl_file.write_text(acl)
     replacements = {
@@ -42,6 +50,12 @@ def production_config(
         r"^acl_file .*$": f"acl_file {acl_file}",
         r"^persistence_location .*$": f"persistence_location {workdir}/data/",
     }
+    if passwords is not None:
+        password_file = workdir / "mcufleet.passwd"
+        password_file.write_text("")
+        for user, password in passwords.items():
+            subprocess.run(["mosquitto_passwd", "-b", str(password_file), user, password], check=True)
+        replacements[r"^password_file .*$"] = f"password_file {password_file}"
     for pattern, replacement in replacements.items():
         text, count = re.subn(pattern, replacement, text, flags=re.MULTILINE)
         assert count == 1, f"{pattern} not found once in mosquitto.conf"
@@ -50,9 +64,12 @@ def production_config(
 
 @contextlib.contextmanager
 def secure_broker(
-    directory: Path, *, operators: tuple[str, ...] = ()
+    directory: Path, *, operators: tuple[str, ...] = (), passwords: dict[str, str] | None = None
 ) -> Iterator[tuple[MosquittoBroker, ThrowawayAuthority]]:
-    """The shipped conf and ACL (plus a block per extra operator name) on a free port, TLS only."""
+    """The shipped conf and ACL (plus a block per extra operator name) on a free port, TLS only.
+
+    With `passwords` (user -> password), the password-file variant instead of client certificates.
+    """
     authority = ThrowawayAuthority(directory / "pki")
     workdir = directory / "broker"
     workdir.mkdir(parents=True)
@@ -60,7 +77,8 @@ def secure_broker(
     for name in operators:
         acl = with_operator(acl, name)
     probe = MosquittoBroker(workdir)
-    config = production_config(workdir, probe.port, authority, authority.issue("broker", server=True), acl)
+    broker_identity = authority.issue("broker", server=True)
+    config = production_config(workdir, probe.port, authority, broker_identity, acl, passwords=passwords)
     broker = MosquittoBroker(workdir, port=probe.port, config=config)
     broker.start()
     try:

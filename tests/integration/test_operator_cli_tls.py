@@ -366,6 +366,23 @@ def test_cli_without_a_client_certificate_is_refused_by_the_broker(
         assert code == Exit.CERTIFICATE and "Traceback" not in err, err
 
 
+def test_cli_on_the_password_variant_logs_in_or_says_why_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Password variant: a wrong password exits 6; the right one passes login and ACL (3: no reply)."""
+    with secure_broker(tmp_path, operators=("alice",), passwords={"alice": "right"}) as (broker, authority):
+        path = tmp_path / "cli.toml"
+        common = f'host = "{broker.host}"\nport = {broker.port}\nca_file = "{authority.ca_file}"\n'
+        path.write_text(
+            f'[profiles.wrong]\n{common}username = "alice"\npassword = "wrong"\n'
+            f'[profiles.right]\n{common}username = "alice"\npassword = "right"\ntimeout_s = 1.0\n'
+        )
+        code, err = cli(path, capsys, "--profile", "wrong", "pause", "r-1")
+        assert code == Exit.LOGIN_REFUSED and "refused the login" in err, err
+        code, err = cli(path, capsys, "--profile", "right", "pause", "r-1")
+        assert code == Exit.NO_ANSWER and "ops/reply/alice/" in err, err
+
+
 def test_cli_profile_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An unknown profile or a bad signing key is a usage error, exit 2, no connection tried."""
     path = tmp_path / "cli.toml"
