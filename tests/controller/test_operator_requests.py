@@ -38,7 +38,7 @@ from service_runtime.mqtt import Outbound
 
 TREE = TopicTree()
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
-ALICE, VAL = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+ALICE, ALICE_NEXT, VAL = (Ed25519PrivateKey.generate() for _ in range(3))
 OWN_REPLY = TREE.topic(TopicKind.OPERATOR_REPLY, operator_id="alice", request_id="req-1")
 
 
@@ -50,6 +50,9 @@ def public_b64(key: Ed25519PrivateKey) -> str:
 SIGNED = OperatorAuthConfig(
     keys={
         "alice-1": OperatorKey(public_key=public_b64(ALICE), operator="alice", role=OperatorRole.OPERATOR),
+        "alice-2": OperatorKey(
+            public_key=public_b64(ALICE_NEXT), operator="alice", role=OperatorRole.OPERATOR
+        ),
         "val-1": OperatorKey(public_key=public_b64(VAL), operator="val", role=OperatorRole.VIEWER),
     },
     max_skew_s=60.0,
@@ -183,6 +186,16 @@ async def test_the_audit_names_the_key_not_the_payload(signing_leader: Leader) -
     ]
     [event] = await signing_leader.audit()
     assert event.actor == "alice" and event.action == "request:pause:rejected"
+
+
+async def test_during_a_rotation_both_keys_act_for_alice(signing_leader: Leader) -> None:
+    """The old and the new key of one operator are both accepted and both audited as alice."""
+    for index, (key_id, key) in enumerate((("alice-1", ALICE), ("alice-2", ALICE_NEXT))):
+        request = msgspec.structs.replace(PAUSE, request_id=RequestId(f"rot-{index}"))
+        own = TREE.topic(TopicKind.OPERATOR_REPLY, operator_id="alice", request_id=f"rot-{index}")
+        await signing_leader.send(sign_request(request, key_id, key, NOW), own)
+    assert [reply.reason for _, reply in signing_leader.replies()] == ["unknown_rollout", "unknown_rollout"]
+    assert [event.actor for event in await signing_leader.audit()] == ["alice", "alice"]
 
 
 async def test_a_replayed_signed_request_acts_once(signing_leader: Leader) -> None:

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from prometheus_client import CollectorRegistry
 
 from agent.service import AgentService
 from controller.operator_auth import sign_request
@@ -251,6 +252,7 @@ async def test_an_operator_certificate_drives_a_rollout_to_completion(tmp_path: 
 
 async def test_the_controller_is_no_confused_deputy(tmp_path: Path) -> None:
     """Requests naming a gateway's command topic as their response topic: nothing is published there."""
+    registry = CollectorRegistry()
     with shipped_world(tmp_path) as world:
         async with (
             CloudEmulator() as cloud,
@@ -260,6 +262,7 @@ async def test_the_controller_is_no_confused_deputy(tmp_path: Path) -> None:
                 f"sqlite:///{tmp_path / 'c.sqlite3'}",
                 operator_auth=AUTH,
                 tls=world.tls("controller"),
+                registry=registry,
             ) as controller,
             tls_client(world, "gw-1") as gateway,
             tls_client(world, "alice") as alice,
@@ -291,7 +294,7 @@ async def test_the_controller_is_no_confused_deputy(tmp_path: Path) -> None:
                     received = message.payload
                     break
             assert received == b"sentinel"
-            assert controller.coordinator.stats.reply_topics_refused == 2
+            assert registry.get_sample_value("mcufleet_controller_operator_reply_topics_refused_total") == 2
             audit = await controller.executor.call(controller.store.audit_events)
     [event] = [channels.decode_as(TopicKind.AUDIT, row, AuditEvent) for row in audit]
     assert event.actor == "alice" and event.detail.startswith("reply_topic_refused")
