@@ -92,6 +92,8 @@ class ControllerReadings:
     jobs_in_flight: int = 0
     rollouts: Mapping[str, RolloutReading] = field(default_factory=dict)
     """Rollout id -> its reading, for rollouts with a plan."""
+    operator_reply_topics_refused: int = 0
+    """Operator requests refused unread: their response topic was outside the operator reply subtree."""
     gateway_messages_refused: Mapping[tuple[str, str], int] = field(default_factory=dict)
     """(kind, reason) -> gateway messages not believed (foreign results, refused project keys)."""
 
@@ -221,6 +223,11 @@ def _rollouts(readings: ControllerReadings) -> Iterator[Family]:
     for (op, answer), count in sorted({**known, **readings.operator_requests}.items()):
         requests.add_metric([op, answer], count)
     yield requests
+    yield CounterMetricFamily(
+        "mcufleet_controller_operator_reply_topics_refused",
+        "Operator requests refused unread: their response topic was outside the operator reply subtree",
+        value=readings.operator_reply_topics_refused,
+    )
     per_rollout = GaugeMetricFamily(
         "mcufleet_controller_rollout_devices",
         "Devices of each unfinished or recent rollout by job state (bounded by the rollouts kept)",

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import msgspec
 import structlog
@@ -25,7 +26,7 @@ from controller.errors import MemfaultUnavailable, RolloutError
 from controller.gateway_trust import RefusalReason, RefusedKind, job_event_refusal
 from controller.memfault import MemfaultClient
 from controller.metrics import dispatch_latency_histogram
-from controller.operator_auth import OperatorKeys
+from controller.operator_auth import OperatorKeys, request_op
 from controller.registry_view import FleetGauges, RegistryView
 from controller.rollout_engine.effects import Audit, Cancel, Dispatch, Effect, GateDecided
 from controller.rollout_engine.machine import RolloutMachine
@@ -59,6 +60,7 @@ from schemas import (
     RolloutId,
     RolloutStatus,
     StartRollout,
+    TopicError,
     TopicKind,
     TopicTree,
     channels,
@@ -82,6 +84,15 @@ class CoordinatorStats:
     dispatched: int = 0
     refused: dict[tuple[str, str], int] = field(default_factory=dict)
     """Job events refused by (kind, reason), see `gateway_trust.REFUSAL_LABELS`."""
+    reply_topics_refused: int = 0
+    """Operator requests whose response topic was outside the operator reply subtree."""
+
+
+class _Refusal(NamedTuple):
+    reason: str
+    detail: str
+    topic: str
+    correlation: bytes
 
 
 @dataclass
@@ -98,6 +109,8 @@ class _Step:
     """(request id, reply, response topic, correlation data)."""
     accepted_key_changes: list[tuple[str, str]] = field(default_factory=list)
     """(device serial, fingerprint) of project key changes an operator accepted."""
+    refusals: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    """(topic, reply, correlation data): requests refused unread, their ids not used up."""
 
 
 class RolloutCoordinator:
@@ -255,25 +268,43 @@ class RolloutCoordinator:
     async def _operator(
         self, request: OperatorRequest, reply_topic: str, correlation: bytes, now: datetime, step: _Step
     ) -> None:
-        reply_topic = reply_topic or self._tree.topic(TopicKind.OPERATOR_REPLY, request_id=request.request_id)
+        op = request_op(request)
+        auth = self._keys.verify(request, now)
+        actor = auth.operator or "unverified"
+
+        def refuse(reason: str, detail: str, topic: str = reply_topic) -> None:
+            self._refuse(request, op, actor, _Refusal(reason, detail, topic, correlation), now, step)
+
+        if not self._is_operator_reply_topic(reply_topic):
+            # Never publish where the request says: that could be a gateway's command topic (a
+            # confused deputy). The refusal goes to the default reply topic; the request is not read.
+            self.stats.reply_topics_refused += 1
+            default_topic = self._tree.topic(TopicKind.OPERATOR_DEFAULT_REPLY, request_id=request.request_id)
+            refuse(
+                "reply_topic_refused",
+                f"response topic {reply_topic[:120]!r} is not under {self._tree.prefix}/ops/reply/<you>/",
+                default_topic,
+            )
+            return
+        if auth.refusal:
+            refuse(auth.refusal, auth.detail)
+            return
         previous = await self._executor.call(self._store.reply_for, request.request_id)
         if previous is not None:
             # The same request id again: answer as the first time, never act twice.
             self._publish(Outbound(reply_topic, previous, qos=1, correlation_data=correlation))
             return
-        op = type(request).__struct_config__.tag
+        if replay := self._keys.remember(request, now):
+            refuse(replay, "this signature was used before")
+            return
         status, reason, message = ReplyStatus.ACCEPTED, "", ""
-        refusal = self._keys.refusal(request)
-        if refusal:
-            status, reason = ReplyStatus.REJECTED, refusal
-        else:
-            try:
-                message = await self._apply(request, now, step)
-            except RolloutError as error:
-                status, reason, message = ReplyStatus.REJECTED, error.reason, str(error)
+        try:
+            message = await self._apply(request, now, step)
+        except RolloutError as error:
+            status, reason, message = ReplyStatus.REJECTED, error.reason, str(error)
         reply = OperatorReply(
             request_id=request.request_id,
-            op=str(op),
+            op=op,
             status=status,
             reason=reason,
             message=message[:256],
@@ -283,14 +314,47 @@ class RolloutCoordinator:
         step.audit.append(
             AuditEvent(
                 at=now,
-                actor=request.operator or "operator",
+                actor=actor[:256],
                 action=f"request:{op}:{status}",
                 rollout_id=_rollout_of(request),
                 request_id=request.request_id,
                 detail=(reason or message)[:256],
             )
         )
-        key = (str(op), status.value)
+        key = (op, status.value)
+        self.stats.operator_requests[key] = self.stats.operator_requests.get(key, 0) + 1
+
+    def _is_operator_reply_topic(self, topic: str) -> bool:
+        try:
+            return self._tree.parse(topic).kind is TopicKind.OPERATOR_REPLY
+        except TopicError:
+            return False
+
+    def _refuse(  # noqa: PLR0917 (what the reply and the audit line say)
+        self, request: OperatorRequest, op: str, actor: str, refusal: _Refusal, now: datetime, step: _Step
+    ) -> None:
+        """Refuse without acting: published and audited, but not kept as the request id's answer."""
+        reason, detail, topic, correlation = refusal
+        reply = OperatorReply(
+            request_id=request.request_id,
+            op=op,
+            status=ReplyStatus.REJECTED,
+            reason=reason,
+            message=detail[:256],
+            rollout_id=_rollout_of(request) or "",
+        )
+        step.refusals.append((topic, channels.encode(reply), correlation))
+        step.audit.append(
+            AuditEvent(
+                at=now,
+                actor=actor[:256],
+                action=f"request:{op}:{ReplyStatus.REJECTED}",
+                rollout_id=_rollout_of(request),
+                request_id=request.request_id,
+                detail=f"{reason}: {detail}"[:256],
+            )
+        )
+        key = (op, ReplyStatus.REJECTED.value)
         self.stats.operator_requests[key] = self.stats.operator_requests.get(key, 0) + 1
 
     async def _apply(self, request: OperatorRequest, now: datetime, step: _Step) -> str:
@@ -540,7 +604,13 @@ class RolloutCoordinator:
 
     async def _save_and_publish(self, step: _Step, now: datetime, now_s: float) -> None:
         if not (
-            step.changed or step.commands or step.audit or step.handled or step.replies or step.job_commands
+            step.changed
+            or step.commands
+            or step.audit
+            or step.handled
+            or step.replies
+            or step.job_commands
+            or step.refusals
         ):
             return
         records = [
@@ -573,6 +643,8 @@ class RolloutCoordinator:
         for payload in audit:
             self._publish(Outbound(self._tree.topic(TopicKind.AUDIT), payload, qos=1))
         for _, reply, topic, correlation in step.replies:
+            self._publish(Outbound(topic, reply, qos=1, correlation_data=correlation))
+        for topic, reply, correlation in step.refusals:
             self._publish(Outbound(topic, reply, qos=1, correlation_data=correlation))
 
 

@@ -36,6 +36,7 @@ from schemas import (
     OperatorReply,
     RebirthRequest,
     ReplyStatus,
+    TopicError,
     TopicKind,
     TopicTree,
     channels,
@@ -132,7 +133,7 @@ class ControllerService:
             memfault,
             tree=self.tree,
             settings=settings.scheduler,
-            operator_keys=OperatorKeys(settings.operator_keys),
+            operator_keys=OperatorKeys(settings.operator_auth),
             publish=self._publish,
         )
         mqtt = settings.mqtt
@@ -272,8 +273,25 @@ class ControllerService:
             self._inbox_ready.set()
 
     async def _on_rejected(self, rejected: Rejected) -> None:
-        """Answer a malformed operator request on its reply topic (there is nobody else to tell)."""
+        """Answer a malformed operator request on its reply topic (there is nobody else to tell).
+
+        Only a topic in the operator reply subtree gets an answer: the controller never publishes
+        where a request says otherwise (it could name a gateway's command topic).
+        """
         if rejected.route is None or rejected.route.kind is not TopicKind.OPERATOR_REQUEST:
+            return
+        if not rejected.response_topic:
+            return
+        try:
+            reply_kind = self.tree.parse(rejected.response_topic).kind
+        except TopicError:
+            reply_kind = None
+        if reply_kind is not TopicKind.OPERATOR_REPLY:
+            self.coordinator.stats.reply_topics_refused += 1
+            log.warning(
+                "malformed operator request with a foreign response topic",
+                topic=rejected.response_topic[:200],
+            )
             return
         reply = OperatorReply(
             request_id="",
@@ -281,15 +299,14 @@ class ControllerService:
             reason="invalid_payload",
             message=str(rejected.error)[:256],
         )
-        if rejected.response_topic:
-            self._publish(
-                Outbound(
-                    rejected.response_topic,
-                    channels.encode(reply),
-                    qos=1,
-                    correlation_data=rejected.correlation_data,
-                )
+        self._publish(
+            Outbound(
+                rejected.response_topic,
+                channels.encode(reply),
+                qos=1,
+                correlation_data=rejected.correlation_data,
             )
+        )
 
     def _request_rebirth(self, gateway_id: str) -> None:
         topic = self.tree.topic(TopicKind.GATEWAY_COMMAND, gateway_id=gateway_id)
@@ -410,6 +427,7 @@ class ControllerService:
                 for rollout_id, machine in list(coordinator.machines.items())
                 if machine.plan is not None
             },
+            operator_reply_topics_refused=stats.reply_topics_refused,
             gateway_messages_refused=_summed(self.ingest.stats.refused, coordinator.stats.refused),
         )
 

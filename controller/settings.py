@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated
 
 import msgspec
@@ -76,6 +77,37 @@ class SchedulerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reboot_s: PositiveSeconds = 30.0
 
 
+class OperatorRole(enum.StrEnum):
+    """What a signed operator key may do (the table is `controller.operator_auth.REQUIRED_ROLE`)."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+
+class OperatorKey(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One operator signing key: the identity it speaks for and the role it holds."""
+
+    public_key: str
+    """Raw 32-byte Ed25519 public key, base64."""
+    operator: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    """The operator identity the audit records for requests signed with this key."""
+    role: OperatorRole
+
+
+class OperatorAuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Signed operator requests: with any key configured, unsigned requests are refused."""
+
+    keys: dict[str, OperatorKey] = msgspec.field(default_factory=dict)
+    """Key id -> key. Rotation: configure the new key next to the old one (same operator), then
+    remove the old one."""
+    max_skew_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 300.0
+    """A request's `issued_at` may differ from the controller's clock by at most this much; seen
+    signatures are remembered this long, so a replay inside the window is refused too."""
+    max_remembered_signatures: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    """Bound on the replay memory: while it is full, new signed requests are refused."""
+
+
 class ControllerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Everything the controller reads from its config."""
 
@@ -86,5 +118,4 @@ class ControllerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
-    operator_keys: dict[str, str] = msgspec.field(default_factory=dict)
-    """Operator key id -> base64 Ed25519 public key; when set, requests must be signed."""
+    operator_auth: OperatorAuthConfig = OperatorAuthConfig()

@@ -1,13 +1,16 @@
 """Operator requests to the controller and the controller's replies.
 
-Every request carries a request id that its reply echoes, errors included. When the request came
-with an MQTT v5 response topic and correlation data, the reply goes there with the same
-correlation data; otherwise it goes to the reply topic named after the request id. When the
-controller requires signed requests, `key_id` and `signature` carry an Ed25519 signature over the
-request encoded with both fields empty (see `signing_payload`).
+Every request carries a request id that its reply echoes, errors included. A request names its
+reply topic as its MQTT v5 response topic, with correlation data: the topic must lie in the
+operator's own reply subtree (`ops/reply/<operator>/<request>`, see `schemas.topics`), or the
+request is refused on the default reply topic named after its request id and not acted on.
+When the controller requires signed requests, `key_id` and `signature` carry an Ed25519 signature
+over the request encoded with both fields empty (see `signing_payload`); the signed bytes include
+`issued_at`, so a captured request expires.
 """
 
 import enum
+from datetime import datetime
 from typing import Annotated
 
 import msgspec
@@ -25,6 +28,9 @@ class _Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     operator: ShortText = ""
     key_id: ShortText = ""
     signature: Signature = ""
+    issued_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+    """When the request was signed; required (and checked against the controller's clock) when
+    the controller requires signatures."""
 
 
 class CreateRollout(_Request, frozen=True, kw_only=True, tag="create"):
@@ -131,6 +137,8 @@ class OperatorReply(msgspec.Struct, frozen=True, kw_only=True):
 
 def signing_payload(request: OperatorRequest) -> bytes:
     """Return the bytes an operator signs: the request as JSON with `key_id` and `signature` empty.
+
+    Every other field is signed, `request_id`, `operator` and `issued_at` included.
 
     The request is normalised through one JSON round trip first, so a value built in Python (an
     int where the field is a float) signs the same as the value the controller decodes.

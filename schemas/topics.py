@@ -6,7 +6,10 @@ The tree is laid out so broker ACLs can confine principals by prefix (see deploy
     <prefix>/ctl/<controller>/...    written by controllers
     <prefix>/rollout/<rollout>/...   written by controllers, read by operators
     <prefix>/ops/request             written by operators, read by controllers
-    <prefix>/ops/reply/<request>     written by controllers, read by operators
+    <prefix>/ops/reply/<operator>/<request>
+                                     written by controllers, read only by that operator (the ACL's
+                                     `%u`: the operator's MQTT username, its certificate's CN)
+    <prefix>/ops/reply/<request>     refusals of requests that named no reply topic of their own
 """
 
 import enum
@@ -36,6 +39,7 @@ class TopicKind(enum.StrEnum):
     CONTROLLER_PRESENCE = "controller_presence"
     OPERATOR_REQUEST = "operator_request"
     OPERATOR_REPLY = "operator_reply"
+    OPERATOR_DEFAULT_REPLY = "operator_default_reply"
     ROLLOUT_STATE = "rollout_state"
     ROLLOUT_PLAN = "rollout_plan"
     AUDIT = "audit"
@@ -148,13 +152,25 @@ TOPICS: Final[tuple[TopicSpec, ...]] = (
     ),
     TopicSpec(
         TopicKind.OPERATOR_REPLY,
+        "ops/reply/{operator_id}/{request_id}",
+        OperatorReply,
+        1,
+        False,
+        Role.CONTROLLER,
+        (Role.OPERATOR,),
+        "Reply to one request, in the requesting operator's own reply subtree: a request names it as"
+        " its MQTT v5 response topic; operator_id is the operator's MQTT username (certificate CN).",
+    ),
+    TopicSpec(
+        TopicKind.OPERATOR_DEFAULT_REPLY,
         "ops/reply/{request_id}",
         OperatorReply,
         1,
         False,
         Role.CONTROLLER,
         (Role.OPERATOR,),
-        "Reply to one request when it named no MQTT v5 response topic.",
+        "Refusal of a request whose response topic is missing or outside the operator reply subtree;"
+        " nothing is ever published on the topic such a request named.",
     ),
     TopicSpec(
         TopicKind.ROLLOUT_STATE,
@@ -204,6 +220,7 @@ class Route:
     rollout_id: str | None = None
     request_id: str | None = None
     controller_id: str | None = None
+    operator_id: str | None = None
 
 
 class TopicTree:

@@ -1,13 +1,12 @@
 """The production broker config and ACL, on a real mosquitto with TLS client certificates.
 
 Assertions are on delivery and on PUBACK reason codes, never on SUBACK: mosquitto grants a SUBACK for
-filters the ACL forbids and filters at delivery time instead.
+filters the ACL forbids and filters at delivery time instead. The broker runs the shipped ACL with a
+second operator block added the way docs/operations.md says (copy `user operator`, rename it).
 """
 
 from __future__ import annotations
 
-import os
-import re
 import ssl
 import threading
 from collections.abc import Iterator
@@ -20,11 +19,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from schemas import TopicKind, TopicTree
 from tests.deploy.pki import Identity, ThrowawayAuthority
+from tests.deploy.secure_broker import secure_broker as shipped_broker
 from tests.harness.broker import MosquittoBroker
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 TREE = TopicTree()
 WAIT_S = 5.0
 NOT_AUTHORIZED = 135
@@ -113,38 +112,10 @@ class Client:
         self._client.loop_stop()
 
 
-def production_config(
-    workdir: Path, port: int, authority: ThrowawayAuthority, broker_identity: Identity
-) -> str:
-    """deploy/mosquitto/mosquitto.conf with only paths and the port swapped for the test's."""
-    text = (ROOT / "deploy/mosquitto/mosquitto.conf").read_text()
-    acl = workdir / "mcufleet.acl"
-    acl.write_text((ROOT / "deploy/mosquitto/mcufleet.acl").read_text())
-    replacements = {
-        r"^listener 8883$": f"listener {port} 127.0.0.1",
-        r"^cafile .*$": f"cafile {authority.ca_file}",
-        r"^certfile .*$": f"certfile {broker_identity.cert_file}",
-        r"^keyfile .*$": f"keyfile {broker_identity.key_file}",
-        r"^acl_file .*$": f"acl_file {acl}",
-        r"^persistence_location .*$": f"persistence_location {workdir}/data/",
-    }
-    for pattern, replacement in replacements.items():
-        text, count = re.subn(pattern, replacement, text, flags=re.MULTILINE)
-        assert count == 1, f"{pattern} not found once in mosquitto.conf"
-    return text + ("user root\n" if os.geteuid() == 0 else "")
-
-
 @pytest.fixture
 def secure_broker(tmp_path: Path) -> Iterator[tuple[MosquittoBroker, ThrowawayAuthority]]:
-    authority = ThrowawayAuthority(tmp_path / "pki")
-    workdir = tmp_path / "broker"
-    workdir.mkdir()
-    probe = MosquittoBroker(workdir)
-    config = production_config(workdir, probe.port, authority, authority.issue("broker", server=True))
-    broker = MosquittoBroker(workdir, port=probe.port, config=config)
-    broker.start()
-    yield broker, authority
-    broker.crash()
+    with shipped_broker(tmp_path, operators=("operator-b",)) as made:
+        yield made
 
 
 @pytest.fixture
@@ -152,7 +123,7 @@ def clients(secure_broker: tuple[MosquittoBroker, ThrowawayAuthority]) -> Iterat
     broker, authority = secure_broker
     made = {
         name: Client(broker, name, authority.ca_file, authority.issue(name))
-        for name in ("gw-1", "gw-2", "controller", "operator")
+        for name in ("gw-1", "gw-2", "controller", "operator", "operator-b")
     }
     for client in made.values():
         assert client.wait_connected() == 0
@@ -215,6 +186,41 @@ def test_credentials_reach_only_the_controller(clients: dict[str, Client]) -> No
         clients[name].wait_for(sentinel)
     assert clients["controller"].received(topic)
     assert not clients["operator"].received(topic) and not clients["gw-2"].received(topic)
+
+
+def test_an_operator_reads_only_its_own_replies(clients: dict[str, Client]) -> None:
+    """Subscribed to every reply, an operator receives those in its own subtree, not another's."""
+    operator, controller = clients["operator"], clients["controller"]
+    operator.subscribe(f"{TREE.prefix}/ops/reply/#")
+    other = TREE.topic(TopicKind.OPERATOR_REPLY, operator_id="operator-b", request_id="req-b")
+    own = TREE.topic(TopicKind.OPERATOR_REPLY, operator_id="operator", request_id="req-a")
+    assert controller.publish(other) in ACCEPTED and controller.publish(own) in ACCEPTED
+    operator.wait_for(own)
+    assert not operator.received(other)
+    clients["operator-b"].subscribe(other)
+    assert controller.publish(other) in ACCEPTED
+    clients["operator-b"].wait_for(other)
+
+
+def test_refusals_on_the_default_reply_topic_reach_operators(clients: dict[str, Client]) -> None:
+    """A refusal of a request that named no reply topic of its own reaches the operators."""
+    operator = clients["operator"]
+    topic = TREE.topic(TopicKind.OPERATOR_DEFAULT_REPLY, request_id="req-a")
+    operator.subscribe(topic)
+    assert clients["controller"].publish(topic) in ACCEPTED
+    operator.wait_for(topic)
+
+
+def test_only_the_controller_writes_replies(clients: dict[str, Client]) -> None:
+    """Operators and gateways cannot forge a reply, in their own subtree or another's."""
+    for name in ("operator", "gw-1"):
+        for operator_id in ("operator", "operator-b", name):
+            topic = TREE.topic(TopicKind.OPERATOR_REPLY, operator_id=operator_id, request_id="req-x")
+            assert clients[name].publish(topic) == NOT_AUTHORIZED, (name, topic)
+        assert (
+            clients[name].publish(TREE.topic(TopicKind.OPERATOR_DEFAULT_REPLY, request_id="x"))
+            == NOT_AUTHORIZED
+        )
 
 
 def test_clients_without_a_certificate_are_refused(

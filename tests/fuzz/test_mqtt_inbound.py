@@ -140,7 +140,9 @@ async def publish_all(client: aiomqtt.Client, topic: str, payloads: list[bytes],
         properties = None
         if reply:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            properties.ResponseTopic = TREE.topic(TopicKind.OPERATOR_REPLY, request_id=f"fuzz-{index}")
+            properties.ResponseTopic = TREE.topic(
+                TopicKind.OPERATOR_REPLY, operator_id="fuzzer", request_id=f"fuzz-{index}"
+            )
             properties.CorrelationData = f"fuzz-{index}".encode()
         await client.publish(topic, payload, qos=1, properties=properties)
 

@@ -20,6 +20,7 @@ import msgspec
 import pytest
 
 from controller.gateway_trust import key_fingerprint
+from controller.operator_cli import send_request
 from controller.service import ControllerService
 from schemas import (
     AcceptKeyChange,
@@ -176,17 +177,10 @@ async def audited(controller: ControllerService, action: str, detail_part: str =
 
 
 async def ask(client: aiomqtt.Client, request: AcceptKeyChange) -> OperatorReply:
-    """Publish an operator request and wait for its reply on the default reply topic."""
-    reply_topic = TREE.topic(TopicKind.OPERATOR_REPLY, request_id=request.request_id)
-    await client.subscribe(reply_topic, qos=1)
-    await client.publish(TREE.topic(TopicKind.OPERATOR_REQUEST), channels.encode(request), qos=1)
-    async with asyncio.timeout(WAIT_S):
-        async for message in client.messages:
-            if message.topic.value == reply_topic and isinstance(message.payload, bytes):
-                reply = channels.decode(TopicKind.OPERATOR_REPLY, message.payload, reply_topic)
-                assert isinstance(reply, OperatorReply)
-                return reply
-    raise AssertionError("unreachable")
+    """Publish an operator request the way the CLI does and wait for its reply."""
+    reply = await send_request(client, TREE, request, WAIT_S)
+    assert reply is not None, f"no reply to {request.request_id}"
+    return reply
 
 
 def refused(controller: ControllerService, kind: str, reason: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -202,7 +203,7 @@ async def test_malformed_and_unauthorised_operator_requests_are_rejected(
         running_controller(broker, cloud.base_url, f"sqlite:///{tmp_path / 'c.sqlite3'}") as controller,
         operator_client(broker) as client,
     ):
-        reply_topic = TREE.topic(TopicKind.OPERATOR_REPLY, request_id="garbage-1")
+        reply_topic = TREE.topic(TopicKind.OPERATOR_REPLY, operator_id="alice", request_id="garbage-1")
         await client.subscribe(reply_topic, qos=1)
         properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         properties.ResponseTopic = reply_topic
@@ -249,7 +250,7 @@ async def test_signed_requests_are_required_when_keys_are_configured(
             and reply.reason == "signature_required"
         )
         fresh = msgspec.structs.replace(request, request_id=RequestId("c-signed"))
-        signed = await send_request(client, TREE, sign_request(fresh, "ops-1", key), 15)
+        signed = await send_request(client, TREE, sign_request(fresh, "ops-1", key, datetime.now(UTC)), 15)
         assert signed is not None and signed.status is ReplyStatus.ACCEPTED, signed
         rollouts = await controller.executor.call(controller.store.load_rollouts)
     assert [r.rollout_id for r in rollouts] == ["r-x"]

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import httpx
@@ -34,7 +35,15 @@ from agent.settings import (
 )
 from controller.memfault import MemfaultClient, MemfaultSettings
 from controller.service import ControllerService
-from controller.settings import ControllerSettings, MemfaultConfig, SchedulerConfig, StoreConfig
+from controller.settings import (
+    ControllerSettings,
+    MemfaultConfig,
+    OperatorAuthConfig,
+    OperatorKey,
+    OperatorRole,
+    SchedulerConfig,
+    StoreConfig,
+)
 from controller.settings import MetricsConfig as ControllerMetrics
 from controller.settings import MqttConfig as ControllerMqtt
 from controller.store.opening import open_store
@@ -50,7 +59,7 @@ from schemas import (
     TopicTree,
     channels,
 )
-from service_runtime.mqtt import Inbound, MqttSession, MqttSettings, Outbound, Subscription
+from service_runtime.mqtt import Inbound, MqttSession, MqttSettings, Outbound, Subscription, TlsSettings
 from service_runtime.mqtt_metrics import MqttMetrics
 from simulator.cloud import CloudEmulator
 from simulator.device import FirmwareOptions
@@ -82,19 +91,31 @@ def fleet_of(serials: list[str], *, version: str = "1.0.0") -> Fleet:
 
 
 def agent_settings(
-    gateway_id: str, broker: MosquittoBroker, state_dir: Path, endpoints: list[tuple[str, int]]
+    gateway_id: str,
+    broker: MosquittoBroker,
+    state_dir: Path,
+    endpoints: list[tuple[str, int]],
+    *,
+    tls: TlsSettings | None = None,
 ) -> AgentSettings:
     """An agent config for the test world (downloads from loopback allowed, short timeouts)."""
     return AgentSettings(
         gateway_id=gateway_id,
         state_dir=str(state_dir),
-        mqtt=MqttConfig(host=broker.host, port=broker.port),
+        mqtt=MqttConfig(host=broker.host, port=broker.port, **_tls_fields(tls)),
         metrics=MetricsConfig(enabled=False),
         discovery=DiscoveryConfig(refresh_interval_s=60.0, retry_interval_s=0.5, smp_timeout_s=1.0),
         udp_devices=tuple(UdpDevice(host, port) for host, port in endpoints),
         jobs=JobsConfig(first_chunk_timeout_s=5.0, chunk_timeout_s=1.0, reboot_timeout_s=15.0),
         downloads=DownloadConfig(allowed_hosts=("127.0.0.1",), allow_http=True, allow_private_addresses=True),
     )
+
+
+def _tls_fields(tls: TlsSettings | None) -> dict[str, Any]:
+    """The `ca_file`, `cert_file` and `key_file` config fields of `tls` (none without TLS)."""
+    if tls is None:
+        return {}
+    return {"ca_file": tls.ca_file, "cert_file": tls.cert_file, "key_file": tls.key_file}
 
 
 @contextlib.asynccontextmanager
@@ -249,21 +270,33 @@ async def running_controller(
     controller_id: str = "controller-1",
     *,
     operator_keys: dict[str, str] | None = None,
+    operator_auth: OperatorAuthConfig | None = None,
+    tls: TlsSettings | None = None,
     registry: CollectorRegistry | None = None,
     allowed_project_keys: tuple[str, ...] = (),
     **scheduler: float,
 ) -> AsyncIterator[ControllerService]:
-    """A ControllerService in this process, on its own store, talking to the cloud emulator."""
+    """A ControllerService in this process, on its own store, talking to the cloud emulator.
+
+    `operator_keys` (key id -> base64 public key) is shorthand for admin keys that speak for an
+    operator named like the key; `operator_auth` configures identities, roles and skew in full.
+    """
+    if operator_keys:
+        keys = {
+            key_id: OperatorKey(public_key=public_key, operator=key_id, role=OperatorRole.ADMIN)
+            for key_id, public_key in operator_keys.items()
+        }
+        operator_auth = OperatorAuthConfig(keys={**keys, **(operator_auth.keys if operator_auth else {})})
     settings = ControllerSettings(
         controller_id=controller_id,
-        mqtt=ControllerMqtt(host=broker.host, port=broker.port, username=""),
+        mqtt=ControllerMqtt(host=broker.host, port=broker.port, username="", **_tls_fields(tls)),
         store=StoreConfig(url=store_url),
         memfault=MemfaultConfig(
             base_url=cloud_url, requests_per_s=1000.0, allowed_project_keys=allowed_project_keys
         ),
         metrics=ControllerMetrics(enabled=False),
         scheduler=SchedulerConfig(**{"tick_interval_s": 0.2, "lease_ttl_s": 5.0, **scheduler}),
-        operator_keys=operator_keys or {},
+        operator_auth=operator_auth or OperatorAuthConfig(),
     )
     store = open_store(store_url)
     async with httpx.AsyncClient() as http:

@@ -118,7 +118,7 @@ def example(kind: TopicKind) -> msgspec.Struct:  # noqa: PLR0911 (one return per
                     waves=[WaveSpec(count=1), WaveSpec(percent=50.0), WaveSpec(percent=100.0)],
                 ),
             )
-        case TopicKind.OPERATOR_REPLY:
+        case TopicKind.OPERATOR_REPLY | TopicKind.OPERATOR_DEFAULT_REPLY:
             return OperatorReply(
                 request_id="req-1", op="create", status=ReplyStatus.ACCEPTED, rollout_id=ROLLOUT
             )
