@@ -245,6 +245,7 @@ class JobRunner:
             self.settings.job,
             on_upload_start=count_upload,
             upload_slot=self._upload_slots,
+            journal_phase=entry.phase if entry else None,
         )
         self._jobs[command.job_id] = job
         remaining_s = (command.deadline - self._now()).total_seconds()
