@@ -40,6 +40,7 @@ from agent.ota_decisions import (
     Step,
     Target,
     Upload,
+    cancellable,
     decide,
     past_point_of_no_return,
 )
@@ -136,7 +137,7 @@ class OtaJob:
         self._upload_slot = upload_slot or asyncio.Semaphore(1)
         self._journal_phase = journal_phase
         self.uploads = 0
-        self.testing_started = False
+        self.testing_started = not cancellable(journal_phase)
         """Set once the test-boot is requested: from then on the job finishes even when canceled."""
 
     async def run(self) -> JobReport:

@@ -14,7 +14,7 @@ Rules of this file:
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import Final, assert_never
 
 from agent.errors import ImageError
 from agent.firmware import version_key
@@ -116,65 +116,90 @@ def decide(
     `did_work` says whether this job uploaded or test-booted, so success is `OK` rather than
     `ALREADY_ON_TARGET`.
     """
-    running, staged = view.slot(0), view.slot(1)
-    staged_target = staged is not None and staged.hash_sha256 == target.image_hash
     match stage:
         case Stage.FIRST_LOOK:
-            if _runs_target(view, target):
-                started = did_work or (running is not None and not running.confirmed)
-                return _verify(target, view, did_work=started)
-            if staged_target and staged is not None and staged.pending:
-                return RequestReset()
-            if journal_phase in PHASES_AFTER_TEST_WRITE:
-                # The device accepted the test request before the agent restarted, and runs
-                # another image with nothing pending: MCUboot booted the test image and reverted.
-                return _reverted(view)
-            refusal = _refusal(target, _current_version(view))
-            if refusal is not None:
-                return refusal
-            if not staged_target:
-                return Upload()
-            return RequestTest()
+            return _first_look(target, view, journal_phase, did_work=did_work)
         case Stage.UPLOADED:
-            if not staged_target or staged is None:
-                return Finish(
-                    JobOutcome.FAILED,
-                    ReasonCode.VERIFY_FAILED,
-                    retryable=True,
-                    detail="slot 1 does not hold the uploaded image after the upload",
-                )
-            return RequestReset() if staged.pending else RequestTest()
+            return _after_upload(target, view)
         case Stage.TEST_REQUESTED:
-            if not (staged_target and staged is not None and staged.pending):
-                return Finish(
-                    JobOutcome.FAILED,
-                    ReasonCode.TEST_FAILED,
-                    retryable=True,
-                    detail="slot 1 is not pending after the test request",
-                )
-            return RequestReset()
+            return _after_test_request(target, view)
         case Stage.RESET_REQUESTED:
-            if staged_target and staged is not None and staged.pending:
+            if _holds_pending_target(view, target):
                 return AwaitReboot()
             return _verify(target, view, did_work=True)
         case Stage.CONFIRM_REQUESTED:
-            if not (running is not None and running.confirmed and running.hash_sha256 == target.image_hash):
-                return Finish(
-                    JobOutcome.FAILED,
-                    ReasonCode.CONFIRM_FAILED,
-                    retryable=True,
-                    detail="the running image is not confirmed after the confirm request",
-                    running_version=_current_version(view),
-                )
-            return _succeeded(view, did_work=did_work)
+            return _after_confirm_request(target, view, did_work=did_work)
+        case _:
+            assert_never(stage)
+
+
+def _first_look(target: Target, view: DeviceView, journal_phase: JobPhase | None, *, did_work: bool) -> Step:
+    running = view.slot(0)
+    if running is not None and running.hash_sha256 == target.image_hash:
+        return _verify(target, view, did_work=did_work or not running.confirmed)
+    if _holds_pending_target(view, target):
+        return RequestReset()
+    if journal_phase in PHASES_AFTER_TEST_WRITE:
+        # The device accepted the test request before the agent restarted, and runs another
+        # image with nothing pending: MCUboot booted the test image and reverted.
+        return _reverted(view)
+    refusal = _refusal(target, _current_version(view))
+    if refusal is not None:
+        return refusal
+    return RequestTest() if _holds_target(view, target) else Upload()
+
+
+def _after_upload(target: Target, view: DeviceView) -> Step:
+    if not _holds_target(view, target):
+        return Finish(
+            JobOutcome.FAILED,
+            ReasonCode.VERIFY_FAILED,
+            retryable=True,
+            detail="slot 1 does not hold the uploaded image after the upload",
+        )
+    return RequestReset() if _holds_pending_target(view, target) else RequestTest()
+
+
+def _after_test_request(target: Target, view: DeviceView) -> Step:
+    if not _holds_pending_target(view, target):
+        return Finish(
+            JobOutcome.FAILED,
+            ReasonCode.TEST_FAILED,
+            retryable=True,
+            detail="slot 1 is not pending after the test request",
+        )
+    return RequestReset()
+
+
+def _after_confirm_request(target: Target, view: DeviceView, *, did_work: bool) -> Step:
+    running = view.slot(0)
+    if running is None or not running.confirmed or running.hash_sha256 != target.image_hash:
+        return Finish(
+            JobOutcome.FAILED,
+            ReasonCode.CONFIRM_FAILED,
+            retryable=True,
+            detail="the running image is not confirmed after the confirm request",
+            running_version=_current_version(view),
+        )
+    return _verify(target, view, did_work=did_work)
+
+
+def _holds_target(view: DeviceView, target: Target) -> bool:
+    staged = view.slot(1)
+    return staged is not None and staged.hash_sha256 == target.image_hash
+
+
+def _holds_pending_target(view: DeviceView, target: Target) -> bool:
+    staged = view.slot(1)
+    return staged is not None and staged.hash_sha256 == target.image_hash and staged.pending
 
 
 def past_point_of_no_return(target: Target, view: DeviceView) -> bool:
     """Whether a test boot of the target was already requested (a cancel must not stop the job)."""
-    running, staged = view.slot(0), view.slot(1)
+    running = view.slot(0)
     if running is not None and running.hash_sha256 == target.image_hash and not running.confirmed:
         return True
-    return staged is not None and staged.hash_sha256 == target.image_hash and staged.pending
+    return _holds_pending_target(view, target)
 
 
 def same_version(reported: str, version: str) -> bool:
@@ -270,3 +295,16 @@ def _succeeded(view: DeviceView, *, did_work: bool) -> Finish:
         retryable=False,
         running_version=_current_version(view),
     )
+
+
+PHASES_PAST_THE_POINT_OF_NO_RETURN: Final = PHASES_AFTER_TEST_WRITE | {JobPhase.TESTING}
+"""Journal phases from which the test request may have reached the device."""
+
+
+def cancellable(journal_phase: JobPhase | None) -> bool:
+    """Whether a cancel may stop a job the journal left in `journal_phase` (a resumed job).
+
+    From TESTING on, the test request may have reached the device: stopping then could leave it
+    running an unconfirmed image that the next reboot silently reverts, so the job finishes.
+    """
+    return journal_phase not in PHASES_PAST_THE_POINT_OF_NO_RETURN

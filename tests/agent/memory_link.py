@@ -48,6 +48,8 @@ class MemoryDevice:
         """Every frame the agent sent, in order (what a test inspects about the agent's traffic)."""
         self._timer: asyncio.TimerHandle | None = None
         self._changed = asyncio.Event()
+        self._drop_when: Callable[[SimDevice], bool] | None = None
+        self.drops = 0
 
     @property
     def address(self) -> str:
@@ -83,6 +85,13 @@ class MemoryDevice:
                 transport.drop(LinkClosed("link dropped in memory"))
                 return
 
+    def drop_link_when(self, predicate: Callable[[SimDevice], bool]) -> None:
+        """Once `predicate(device)` holds, drop the link on the next frame (which is lost).
+
+        Deterministic where a task watching the device would race the agent on a fast link.
+        """
+        self._drop_when = predicate
+
     async def wait_until(self, predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
         """Wait until `predicate()` holds; it is checked after every frame and device timer."""
         async with asyncio.timeout(timeout_s):
@@ -93,6 +102,11 @@ class MemoryDevice:
     def receive(self, transport: MemoryTransport, frame: bytes) -> None:
         """Hand one frame from `transport` to the device and schedule its replies."""
         loop = asyncio.get_running_loop()
+        if self._drop_when is not None and self._drop_when(self.device):
+            self._drop_when = None
+            self.drops += 1
+            transport.drop(LinkClosed("link dropped in memory"))
+            return
         self.sent_frames.append(frame)
         for send_at_s, reply in self.device.handle(frame, loop.time()):
             transport.deliver_at(send_at_s, reply)
