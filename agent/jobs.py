@@ -213,7 +213,10 @@ class JobRunner:
             try:
                 await asyncio.shield(task)
             except asyncio.CancelledError:
-                if not task.done():
+                # Swallow only the job's own cancellation (a CancelJob). A stop that lands just
+                # as the job finishes must still end the worker, or `stop()` waits forever.
+                worker = asyncio.current_task()
+                if not task.done() or (worker is not None and worker.cancelling()):
                     raise
             finally:
                 self._running.pop(command.job_id, None)
