@@ -204,7 +204,7 @@ class OtaJob:
             running = view.slot(0)
             if running is not None and running.hash_sha256 == target.image_hash:
                 self._progress(JobPhase.VERIFYING, 0, 0)
-            step = decide(target, view, Stage.FIRST_LOOK, journal_phase=self._journal_phase)
+            step = self._decide(target, view, Stage.FIRST_LOOK)
             while True:
                 match step:
                     case Finish():
