@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+import msgspec
+
 from agent.device_link import TransportLink
 from agent.errors import DeviceUnreachable, LinkClosed, SmpLocalError
 from agent.factory import LinkOptions, Transports
@@ -264,10 +266,10 @@ class MemoryMqtt:
         self.connected.clear()
         self._stopped.set()
 
-    async def deliver(self, command: object) -> None:
+    async def deliver(self, command: msgspec.Struct) -> None:
         """Hand the agent a command as if it came on its command topic."""
         topic = self.hooks.subscriptions[0].filter
-        payload = channels.encode(command)  # type: ignore[arg-type]
+        payload = channels.encode(command)
         route = self.hooks.tree.parse(topic)
         await self.hooks.handler(
             Inbound(topic, route, channels.decode(route.kind, payload, topic), retain=False)

@@ -7,10 +7,12 @@ from pathlib import Path
 import cbor2
 
 from agent.ota import JobReport, OtaJob
+from agent.smp import commands
 from agent.smp.frame import HEADER, HEADER_SIZE
 from schemas import JobOutcome, JobPhase, OtaCommand, ReasonCode
 from simulator.device import BootOutcome, FaultPlan, LinkProfile, MemfaultMode
 from simulator.device.upload import upload_offset
+from simulator.image import parse_mcuboot_image
 from tests.agent.memory_link import MemoryDevice, ReplyFilter
 from tests.agent.ota_world import FAST_JOB, artifact_client, command, fetcher, image, memory_device
 
@@ -178,3 +180,45 @@ async def test_a_resumed_job_whose_test_boot_reverted_is_reported_reverted(tmp_p
     report, _ = await run_job(device, tmp_path, command("j1", "M1"), journal_phase=JobPhase.REBOOTING)
     assert (report.outcome, report.reason) == (JobOutcome.REVERTED, ReasonCode.REVERTED)
     assert device.device.boots == []
+
+
+async def test_an_unreachable_device_fails_the_job_as_retryable(tmp_path: Path) -> None:
+    """No answer at all: FAILED, DEVICE_UNREACHABLE, retryable, nothing sent."""
+    device = memory_device()
+    device.reachable = False
+    report, _ = await run_job(device, tmp_path, command("j1", "M1"))
+    assert (report.outcome, report.reason, report.retryable) == (
+        JobOutcome.FAILED,
+        ReasonCode.DEVICE_UNREACHABLE,
+        True,
+    )
+    assert device.sent_frames == []
+
+
+async def test_a_resumed_job_with_the_test_image_pending_resets_and_confirms(tmp_path: Path) -> None:
+    """Journal at TESTING, target pending in slot 1: the job is cancel-proof from the start, no upload."""
+    target = image("1.1.0")
+    device = memory_device(staged=target)
+    session = await device.link().connect()
+    try:
+        reply = await session.request(
+            lambda seq: commands.encode_state_write(
+                seq, image_hash=parse_mcuboot_image(target).hash_sha256, confirm=False
+            )
+        )
+        reply.raise_for_error()
+    finally:
+        await session.close()
+    async with artifact_client() as http:
+        job = OtaJob(
+            command("j1", "M1"),
+            device.link(timeout_s=0.5),
+            fetcher(http, tmp_path / "cache"),
+            lambda phase, done, total: None,
+            FAST_JOB,
+            journal_phase=JobPhase.TESTING,
+        )
+        assert job.testing_started, "a resumed job past its test request must not be cancellable"
+        report = await job.run()
+    assert (report.outcome, report.reason, report.uploads) == (JobOutcome.SUCCEEDED, ReasonCode.OK, 0)
+    assert running_slot(device) == ("1.1.0", True)
