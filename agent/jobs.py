@@ -20,6 +20,7 @@ from agent.artifacts import ArtifactFetcher
 from agent.device_link import DeviceLink
 from agent.journal import JobState, Journal
 from agent.ota import JobReport, JobSettings, OtaJob
+from agent.ota_decisions import cancellable
 from schemas import (
     CancelJob,
     GatewayId,
@@ -194,7 +195,11 @@ class JobRunner:
         self._progress(command, self._phases.get(command.job_id, phase), 0, 0, force=True)
 
     def cancel(self, request: CancelJob) -> None:
-        """Cancel a queued or running job; a job past its test-boot step finishes anyway."""
+        """Cancel a queued or running job; a job past its test-boot step finishes anyway.
+
+        That includes a resumed job whose journal says the test request may have reached the
+        device, even while it waits in the queue.
+        """
         self._canceled.add(request.job_id)
         job, task = self._jobs.get(request.job_id), self._running.get(request.job_id)
         if task is not None and job is not None and not job.testing_started:
@@ -208,14 +213,19 @@ class JobRunner:
             try:
                 await asyncio.shield(task)
             except asyncio.CancelledError:
-                if not task.done():
+                # Swallow only the job's own cancellation (a CancelJob). A stop that lands just
+                # as the job finishes must still end the worker, or `stop()` waits forever.
+                worker = asyncio.current_task()
+                if not task.done() or (worker is not None and worker.cancelling()):
                     raise
             finally:
                 self._running.pop(command.job_id, None)
                 self._queue.task_done()
 
     async def _run(self, command: OtaCommand) -> None:
-        if command.job_id in self._canceled:
+        entry = self._journal.get(command.job_id)
+        journal_phase = entry.phase if entry else None
+        if command.job_id in self._canceled and cancellable(journal_phase):
             await self._finish(
                 command, JobReport(JobOutcome.CANCELED, ReasonCode.CANCELED, False, "canceled")
             )
@@ -231,7 +241,6 @@ class JobRunner:
                 JobReport(JobOutcome.FAILED, ReasonCode.DEVICE_UNREACHABLE, True, "device no longer heard"),
             )
             return
-        entry = self._journal.get(command.job_id)
         previous_uploads = entry.uploads if entry else 0
 
         def count_upload() -> None:
@@ -245,6 +254,7 @@ class JobRunner:
             self.settings.job,
             on_upload_start=count_upload,
             upload_slot=self._upload_slots,
+            journal_phase=journal_phase,
         )
         self._jobs[command.job_id] = job
         remaining_s = (command.deadline - self._now()).total_seconds()

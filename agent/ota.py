@@ -1,17 +1,21 @@
 """One OTA job, start to finish: download, verify, upload, test-boot, verify, confirm, report.
 
+This module carries the job out (I/O, timeouts, retries); what to do next is decided by the pure
+`agent.ota_decisions.decide` from what the device reports.
+
 The flow reconciles with what the device already holds before each step, so it is safe to run
 again after an agent crash, a dropped link or a hand-over from another gateway: an image already in
 slot 1 is not uploaded again, an image already running is only confirmed, and an upload in
-progress resumes by sha. Success is reported only once the new image runs, reports the target
-version through group 128 and is confirmed.
+progress resumes by sha. Success is reported only once slot 0 runs the target image (its hash and
+version from the image state read) and is confirmed; group 128's `current_version` must agree as
+well when the device has that group (real Zephyr builds without it answer rc 8, ENOTSUP).
 """
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, Protocol, TypeVar
+from typing import Final, Protocol, TypeVar, assert_never
 
 from agent.artifacts import ArtifactFetcher, ArtifactRefused
 from agent.device_link import DeviceLink
@@ -24,7 +28,22 @@ from agent.errors import (
     SmpError,
     TransportError,
 )
-from agent.firmware import ImageFacts, inspect_image, version_key
+from agent.firmware import inspect_image, version_key
+from agent.ota_decisions import (
+    AwaitReboot,
+    DeviceView,
+    Finish,
+    RequestConfirm,
+    RequestReset,
+    RequestTest,
+    Stage,
+    Step,
+    Target,
+    Upload,
+    cancellable,
+    decide,
+    past_point_of_no_return,
+)
 from agent.session import SmpSession
 from agent.smp import commands, group128
 from agent.smp.frame import Group, McumgrErr
@@ -102,10 +121,12 @@ class OtaJob:
         *,
         on_upload_start: Callable[[], None] | None = None,
         upload_slot: asyncio.Semaphore | None = None,
+        journal_phase: JobPhase | None = None,
     ) -> None:
         """Prepare the job; `on_upload_start` lets the journal count flashes durably.
 
         `upload_slot`, shared by a gateway's jobs, bounds how many upload at once (the radio).
+        `journal_phase` is the phase the journal held for this job when it was resumed.
         """
         self.command = command
         self._link = link
@@ -114,8 +135,9 @@ class OtaJob:
         self._settings = settings
         self._on_upload_start = on_upload_start
         self._upload_slot = upload_slot or asyncio.Semaphore(1)
+        self._journal_phase = journal_phase
         self.uploads = 0
-        self.testing_started = False
+        self.testing_started = not cancellable(journal_phase)
         """Set once the test-boot is requested: from then on the job finishes even when canceled."""
 
     async def run(self) -> JobReport:
@@ -166,80 +188,90 @@ class OtaJob:
                 retryable=False,
                 detail=f"image version {facts.version} is not the target {command.target_version}",
             )
-        async with self._session() as session:
-            info = await self._device_info(session)
-            slots = await _state(session)
-            running = _slot(slots, 0)
-            if running is not None and running.hash_sha256 == facts.image_hash:
-                # Running the target unconfirmed means this job test-booted it before the agent
-                # restarted: past the point of no return, so a cancel no longer stops the job.
-                self.testing_started = not running.confirmed
-                return await self._confirm(session, facts)
-            self._check_preconditions(info, facts)
-            staged = _slot(slots, 1)
-            if staged is None or staged.hash_sha256 != facts.image_hash:
-                async with self._upload_slot:
-                    await self._upload(session, image)
-                slots = await _state(session)
-                staged = _slot(slots, 1)
-                if staged is None or staged.hash_sha256 != facts.image_hash:
-                    raise _end(
-                        JobOutcome.FAILED,
-                        ReasonCode.VERIFY_FAILED,
-                        retryable=True,
-                        detail="slot 1 does not hold the uploaded image after the upload",
-                    )
-            self._progress(JobPhase.TESTING, command.artifact.size_bytes, command.artifact.size_bytes)
-            self.testing_started = True
-            if not staged.pending:
-                reply = await session.request(
-                    lambda seq: commands.encode_state_write(seq, image_hash=facts.image_hash, confirm=False)
-                )
-                after = commands.parse_state(reply.raise_for_error())
-                pending = _slot(after, 1)
-                if pending is None or not pending.pending:
-                    raise _end(
-                        JobOutcome.FAILED,
-                        ReasonCode.TEST_FAILED,
-                        retryable=True,
-                        detail="slot 1 is not pending after the test request",
-                    )
-            self._progress(JobPhase.REBOOTING, 0, 0)
-            await _request_reset(session)
-        session = await self._rebooted(facts)
+        target = Target(
+            facts.image_hash,
+            facts.version,
+            expected_current_version=command.expected_current_version,
+            allow_downgrade=command.allow_downgrade,
+        )
+        session = await self._link.connect()
         try:
-            return await self._confirm(session, facts)
+            view = await self._look(session)
+            if past_point_of_no_return(target, view):
+                # This job test-booted the target before the agent restarted: a cancel no longer
+                # stops it.
+                self.testing_started = True
+            running = view.slot(0)
+            if running is not None and running.hash_sha256 == target.image_hash:
+                self._progress(JobPhase.VERIFYING, 0, 0)
+            step = self._decide(target, view, Stage.FIRST_LOOK)
+            while True:
+                match step:
+                    case Finish():
+                        return JobReport(
+                            step.outcome,
+                            step.reason,
+                            step.retryable,
+                            step.detail[:1000],
+                            step.running_version,
+                        )
+                    case Upload():
+                        async with self._upload_slot:
+                            await self._upload(session, image)
+                        view = await self._look(session)
+                        step = self._decide(target, view, Stage.UPLOADED)
+                    case RequestTest():
+                        size = command.artifact.size_bytes
+                        self._progress(JobPhase.TESTING, size, size)
+                        self.testing_started = True
+                        reply = await session.request(
+                            lambda seq: commands.encode_state_write(
+                                seq, image_hash=facts.image_hash, confirm=False
+                            )
+                        )
+                        view = _replace_slots(view, commands.parse_state(reply.raise_for_error()))
+                        step = self._decide(target, view, Stage.TEST_REQUESTED)
+                    case RequestReset() | AwaitReboot():
+                        self.testing_started = True
+                        self._progress(JobPhase.REBOOTING, 0, 0)
+                        await _request_reset(session)
+                        await session.close()
+                        session, view, step = await self._rebooted(target)
+                    case RequestConfirm():
+                        self._progress(JobPhase.CONFIRMING, 0, 0)
+                        reply = await session.request(
+                            lambda seq: commands.encode_state_write(seq, image_hash=None, confirm=True)
+                        )
+                        view = _replace_slots(view, commands.parse_state(reply.raise_for_error()))
+                        step = self._decide(target, view, Stage.CONFIRM_REQUESTED)
+                    case _:
+                        assert_never(step)
         finally:
             await session.close()
 
-    def _check_preconditions(self, info: group128.DeviceInfo, facts: ImageFacts) -> None:
-        command = self.command
-        if (
-            command.expected_current_version is not None
-            and info.current_version != command.expected_current_version
-        ):
-            raise _end(
-                JobOutcome.REJECTED,
-                ReasonCode.WRONG_CURRENT_VERSION,
-                retryable=False,
-                detail=f"device runs {info.current_version}, expected {command.expected_current_version}",
-                running_version=info.current_version,
-            )
-        with contextlib.suppress(ImageError):
-            if not command.allow_downgrade and version_key(info.current_version) >= facts.version_key:
-                raise _end(
-                    JobOutcome.REJECTED,
-                    ReasonCode.DOWNGRADE_REFUSED,
-                    retryable=False,
-                    detail=f"device runs {info.current_version}, image is {facts.version}",
-                    running_version=info.current_version,
-                )
+    def _decide(self, target: Target, view: DeviceView, stage: Stage) -> Step:
+        return decide(
+            target,
+            view,
+            stage,
+            journal_phase=self._journal_phase,
+            did_work=bool(self.uploads) or self.testing_started,
+        )
 
-    async def _device_info(self, session: SmpSession) -> group128.DeviceInfo:
+    async def _look(self, session: SmpSession) -> DeviceView:
+        """Read what the decisions need: group 128's version (when it exists) and the image state."""
+        info = await self._device_info(session)
+        slots = await _state(session)
+        return DeviceView(tuple(slots), info.current_version if info is not None else None)
+
+    async def _device_info(self, session: SmpSession) -> group128.DeviceInfo | None:
+        """Group 128's device info, or None when the device has no group 128 (plain rc 8)."""
         try:
             reply = await session.request(group128.encode_device_info_read)
             return group128.parse_device_info(reply.raise_for_error())
         except SmpDeviceError as error:
+            if error.rc == McumgrErr.ENOTSUP and not error.group_error:
+                return None
             if error.rc == McumgrErr.EACCESSDENIED and not error.group_error:
                 raise _end(
                     JobOutcome.REJECTED, ReasonCode.ACCESS_DENIED, retryable=False, detail=str(error)
@@ -290,61 +322,13 @@ class OtaJob:
             ) from None
         del reconnect
 
-    async def _confirm(self, session: SmpSession, facts: ImageFacts) -> JobReport:
-        self._progress(JobPhase.VERIFYING, 0, 0)
-        slots = await _state(session)
-        running = _slot(slots, 0)
-        if running is None or running.hash_sha256 != facts.image_hash:
-            version = running.version if running else ""
-            raise _end(
-                JobOutcome.REVERTED,
-                ReasonCode.REVERTED,
-                retryable=False,
-                detail=f"the device booted {version or 'no image'} again",
-                running_version=version,
-            )
-        info = await self._device_info(session)
-        if version_key(info.current_version) != facts.version_key:
-            raise _end(
-                JobOutcome.FAILED,
-                ReasonCode.VERIFY_FAILED,
-                retryable=True,
-                detail=f"group 128 reports {info.current_version}, expected {facts.version}",
-                running_version=info.current_version,
-            )
-        if not running.confirmed:
-            self._progress(JobPhase.CONFIRMING, 0, 0)
-            reply = await session.request(
-                lambda seq: commands.encode_state_write(seq, image_hash=None, confirm=True)
-            )
-            confirmed = _slot(commands.parse_state(reply.raise_for_error()), 0)
-            if confirmed is None or not confirmed.confirmed or confirmed.hash_sha256 != facts.image_hash:
-                raise _end(
-                    JobOutcome.FAILED,
-                    ReasonCode.CONFIRM_FAILED,
-                    retryable=True,
-                    detail="the running image is not confirmed after the confirm request",
-                    running_version=info.current_version,
-                )
-        reason = ReasonCode.OK if self.uploads or self.testing_started else ReasonCode.ALREADY_ON_TARGET
-        return JobReport(JobOutcome.SUCCEEDED, reason, False, running_version=info.current_version)
-
-    @contextlib.asynccontextmanager
-    async def _session(self, *, after_reboot: bool = False) -> AsyncIterator[SmpSession]:
-        session = await (
-            self._reconnect(self._settings.reboot_timeout_s) if after_reboot else self._link.connect()
-        )
-        try:
-            yield session
-        finally:
-            await session.close()
-
-    async def _rebooted(self, facts: ImageFacts) -> SmpSession:
-        """A session to the device once the reset really happened.
+    async def _rebooted(self, target: Target) -> tuple[SmpSession, DeviceView, Step]:
+        """A session to the device once the reset really happened, what it reported, the next step.
 
         A device keeps answering during its reset delay, so a quick reconnect can still see the
-        test image pending in slot 1: that is "not rebooted yet", never "reverted". The reset is
-        asked for again every `RESET_RETRY_S` in case the first request was lost.
+        test image pending in slot 1: that is "not rebooted yet" (`AwaitReboot`), never
+        "reverted". The reset is asked for again every `RESET_RETRY_S` in case the first request
+        was lost.
         """
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._settings.reboot_timeout_s
@@ -353,15 +337,20 @@ class OtaJob:
         while True:
             session = await self._reconnect(max(0.0, give_up - loop.time()), poll=True)
             try:
-                staged = _slot(await _state(session), 1)
-                if not (staged and staged.pending and staged.hash_sha256 == facts.image_hash):
-                    return session
+                view = await self._look(session)
+                step = self._decide(target, view, Stage.RESET_REQUESTED)
+                if not isinstance(step, AwaitReboot):
+                    self._progress(JobPhase.VERIFYING, 0, 0)
+                    return session, view, step
                 if loop.time() >= next_reset:
                     await _request_reset(session)
                     next_reset = loop.time() + RESET_RETRY_S
             except (TransportError, SmpError) as error:
                 # The device went quiet to reboot between the connect and the read: expected.
                 log_detail = str(error)
+            except BaseException:
+                await session.close()
+                raise
             else:
                 log_detail = "test image still pending"
             await session.close()
@@ -422,8 +411,9 @@ async def _state(session: SmpSession) -> list[commands.SlotState]:
     return commands.parse_state(reply.raise_for_error())
 
 
-def _slot(slots: list[commands.SlotState], slot: int) -> commands.SlotState | None:
-    return next((s for s in slots if s.image == 0 and s.slot == slot), None)
+def _replace_slots(view: DeviceView, slots: list[commands.SlotState]) -> DeviceView:
+    """The view after a state write: its reply's slots, the version group 128 reported before."""
+    return DeviceView(tuple(slots), view.group128_version)
 
 
 async def _request_reset(session: SmpSession) -> None:

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from prometheus_client import CollectorRegistry
 
 from agent.ble_discovery import or_patterns
-from agent.device_link import udp_link
+from agent.factory import BleBackends, Transports, build_agent
 from agent.inventory import fallback_serial
-from agent.service import AgentService, BleBackends
+from agent.service import AgentService
 from agent.settings import BleConfig
 from schemas import JobOutcome, MemfaultAccess, ReasonCode, Transport
 from simulator.cloud import CloudEmulator
@@ -127,11 +126,9 @@ async def ble_world(
     ):
         release = publish_release(cloud, "1.1.0", RELEASE_PAYLOAD_BYTES)
         with registered(devices, serials, peripheral) as states:
-            service = AgentService(
+            service = build_agent(
                 settings,
-                registry=CollectorRegistry(),
-                make_udp_link=lambda device, counters: udp_link(device.host, device.port, counters=counters),
-                ble_backends=BleBackends(scanner=SimulatedScanner, client=SimulatedGattClient),
+                transports=Transports(ble=BleBackends(scanner=SimulatedScanner, client=SimulatedGattClient)),
             )
             task = asyncio.create_task(service.run())
             try:
