@@ -3,7 +3,12 @@
 Rules (zephyrproject-rtos/zephyr:subsys/mgmt/mcumgr/grp/os_mgmt/src/os_mgmt.c): echo answers `d`
 as `r` for reads and writes; reset is write-only, answers `{}` and reboots after the reply; params
 is read-only; bootloader info answers `MCUboot`, or the mode for `query: "mode"`, or group error 3
-for another query. A payload that does not decode is rc 3 where the handler reads one.
+for another query (a build without it, like the native_sim_udp one, answers rc 8). A payload that
+does not decode is rc 3 where the handler reads one.
+
+OS info (command 7) is answered as the real Zephyr 4.4.0 smp_server builds answer it (measured on
+native_sim_udp): every read is `{"rc": 3}` whatever its `format` (none, "s", "snrvmpio", "q", an
+integer), and a write has no handler (rc 8).
 """
 
 from dataclasses import dataclass
@@ -34,9 +39,13 @@ class OsParameters:
     buf_size_bytes: int
     buf_count: int
     bootloader_mode: BootloaderMode = BootloaderMode.SWAP_WITHOUT_SCRATCH
+    bootloader_info: bool = True
+    """CONFIG_MCUMGR_GRP_OS_BOOTLOADER_INFO: whether command 8 has a handler."""
 
 
-def handle_os(command_id: int, op: int, payload: bytes, parameters: OsParameters) -> Reply | None:
+def handle_os(  # noqa: PLR0911 - one return per command, as os_mgmt.c registers them
+    command_id: int, op: int, payload: bytes, parameters: OsParameters
+) -> Reply | None:
     """Handle one OS group request; None when the command has no handler for `op`."""
     match (command_id, op):
         case (OsCommand.ECHO, Op.READ | Op.WRITE):
@@ -49,7 +58,9 @@ def handle_os(command_id: int, op: int, payload: bytes, parameters: OsParameters
             return Ok({}, (ResetRequested(),))
         case (OsCommand.MCUMGR_PARAMETERS, Op.READ):
             return Ok({"buf_size": parameters.buf_size_bytes, "buf_count": parameters.buf_count})
-        case (OsCommand.BOOTLOADER_INFO, Op.READ):
+        case (OsCommand.INFO, Op.READ):
+            return MgmtError(MgmtErr.EINVAL)
+        case (OsCommand.BOOTLOADER_INFO, Op.READ) if parameters.bootloader_info:
             return _bootloader_info(payload, parameters)
     return None
 
