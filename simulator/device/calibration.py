@@ -2,8 +2,9 @@
 
 Measured on `zephyr_4.4.0_smp_server_0eae053d_native_sim_udp.exe` (tests/firmware/
 test_calibration.py sends the same traffic to it and to this profile and asserts they agree):
-- MCUmgr parameters: buf_size 2048, buf_count 2; groups os, stat, settings, fs, shell, enum,
-  zbasic; no image group, no Memfault group 128, no bootloader info (all rc 8).
+- MCUmgr parameters: buf_size 2048, buf_count 2; groups enum, fs, os, settings, shell, stat,
+  zbasic (the simulator models os and enum only); no image group, no Memfault group 128, no
+  bootloader info (all rc 8). OS info and enumeration answer as os_group.py and enum_group.py say.
 - A burst written in one go is read one datagram at a time; while a request is processed it holds
   both buffers, so every second datagram of a burst finds the pool empty and is dropped: a burst of
   n echoes is answered at positions 0, 2, 4, ... Modelled with a read every 2 ms and 3 ms of

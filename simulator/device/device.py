@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from simulator.device.codec import Header
 from simulator.device.codes import Group
-from simulator.device.enum_group import handle_enumeration
+from simulator.device.enum_group import ServedGroup, handle_enumeration
 from simulator.device.faults import FaultPlan, FaultState, UploadFault
 from simulator.device.firmware import DeviceIdentity, FirmwareOptions
 from simulator.device.img_group import ImageGroup, SlotState
@@ -263,12 +263,13 @@ class SimDevice:
                     profile.buf_count if profile.reported_buf_count is None else profile.reported_buf_count,
                     self.options.bootloader_mode,
                     bootloader_info=self.options.bootloader_info,
+                    os_info=self.options.os_info,
                 )
                 return handle_os(header.command_id, header.op, payload, parameters)
             case Group.IMAGE if groups.image_group:
                 return self._images.handle(header.command_id, header.op, payload)
             case Group.ENUMERATION if groups.enumeration_group:
-                return handle_enumeration(header.command_id, header.op, self._served_groups())
+                return handle_enumeration(header.command_id, header.op, payload, self._served_groups())
             case Group.MEMFAULT if groups.memfault_group:
                 info = MemfaultDeviceInfo(
                     self.identity.serial,
@@ -285,15 +286,20 @@ class SimDevice:
                 )
         return None
 
-    def _served_groups(self) -> tuple[int, ...]:
-        # Registration order, as the real build lists them: enumeration first (its own handler
-        # registers first in the Zephyr 4.4.0 smp_server build), then the others.
-        served = [Group.ENUMERATION, Group.OS]
-        if self.options.image_group:
-            served.append(Group.IMAGE)
-        if self.options.memfault_group:
-            served.append(Group.MEMFAULT)
-        return tuple(int(group) for group in served)
+    def _served_groups(self) -> tuple[ServedGroup, ...]:
+        # Registration order and handler-table sizes as the Zephyr 4.4.0 build reports them (enum
+        # first with 4, os with 8 up to OS info, 9 with bootloader info); img's table reaches
+        # erase (5); the Memfault group's name is our guess (the SDK's is not measured here).
+        options = self.options
+        served = []
+        if options.enumeration_group:
+            served.append(ServedGroup(Group.ENUMERATION, "enum mgmt", 4))
+        served.append(ServedGroup(Group.OS, "os mgmt", 9 if options.bootloader_info else 8))
+        if options.image_group:
+            served.append(ServedGroup(Group.IMAGE, "img mgmt", 6))
+        if options.memfault_group:
+            served.append(ServedGroup(Group.MEMFAULT, "memfault mgmt", 2))
+        return tuple(served)
 
     def _upload_fault_fires(self, frame: bytes, now_s: float) -> bool:
         if not self._faults.watches_uploads:

@@ -1,8 +1,8 @@
 """What is flashed into a simulated device: its identity and the firmware's build options and timings."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from simulator.device.os_group import BootloaderMode
+from simulator.device.os_group import BootloaderMode, OsInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +48,5 @@ class FirmwareOptions:
     """CONFIG_MEMFAULT_MCUMGR_GRP: group 128 is served (off: rc 8, as on smpclient's fixtures)."""
     enumeration_group: bool = True
     """CONFIG_MCUMGR_GRP_ENUM: group 10 lists the groups served."""
+    os_info: OsInfo = field(default_factory=OsInfo)
+    """What OS info (group 0 command 7) reports."""
