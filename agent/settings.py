@@ -80,13 +80,15 @@ class BleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 WindowSize = Annotated[int, msgspec.Meta(ge=1, le=32)]
 
 
-class WindowConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class WindowConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """Upload requests in flight (`[jobs.window]`): the window follows the device (AIMD).
 
     It starts at `initial` (default: the device's `buf_count - 1`, within `minimum`..`maximum`),
     halves when a request is lost or skipped by the device, and grows by one after `grow_after`
     clean replies, never above where it started; a size that lost a request is tried again only
     after `probe_after` clean replies (agent/smp/upload.py `WindowControl`).
+
+    Defaults are omitted when the settings are written out: TOML has no null for `initial`.
     """
 
     initial: WindowSize | None = None

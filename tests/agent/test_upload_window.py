@@ -3,6 +3,7 @@
 import random
 from dataclasses import dataclass, field
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -352,6 +353,13 @@ def test_the_window_is_configured_under_jobs_window() -> None:
     assert _settings({}).jobs.window.limits() == WindowLimits()
     configured = _settings({"T__JOBS__WINDOW__INITIAL": "2", "T__JOBS__WINDOW__GROW_AFTER": "4"})
     assert configured.jobs.window.limits() == WindowLimits(initial=2, grow_after=4)
+
+
+def test_window_settings_written_out_read_back_the_same() -> None:
+    """Settings turned into a document (as a TOML file is written) carry no null and read back equal."""
+    written = msgspec.to_builtins(_settings({"T__JOBS__WINDOW__MAXIMUM": "4"}))
+    assert written["jobs"]["window"] == {"maximum": 4}
+    assert msgspec.convert(written, AgentSettings).jobs.window.limits() == WindowLimits(maximum=4)
 
 
 @pytest.mark.parametrize(
