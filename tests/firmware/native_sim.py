@@ -6,8 +6,8 @@ test process reaches it without a relay: `socket_factory()` creates a UDP socket
 instance's namespace (a short-lived thread enters it with setns(2); a socket keeps the namespace it
 was created in), and the asyncio loop then uses that socket like any other. No extra process, no
 extra hop, no timing of its own between the client and the device, which matters for the buffer
-pool measurements. Tools that open their own sockets (smpclient's tests) run in the namespace as a
-subprocess instead (`nsenter_argv()`).
+pool measurements. (Tools that open their own sockets, like smpclient's own tests, run whole in a
+namespace of their own instead: tests/firmware/test_calibration_smpclient.py.)
 """
 
 from __future__ import annotations
@@ -99,10 +99,6 @@ class NativeSimUdp:
     def socket_factory(self) -> Callable[[], socket.socket]:
         """Makes sockets that live in this instance's namespace (one per transport (re)open)."""
         return lambda: socket_in_namespace(self.netns_path)
-
-    def nsenter_argv(self) -> list[str]:
-        """A command prefix that runs a program inside this instance's network namespace."""
-        return ["nsenter", f"--net={self.netns_path}", "--"]
 
     def count(self, text: str) -> int:
         """How many log lines so far contain `text`."""

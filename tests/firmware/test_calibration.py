@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +22,11 @@ from typing import Any
 import cbor2
 import pytest
 
+from agent.session import SmpSession
+from agent.smp import commands
+from agent.smp.upload import WindowLimits
+from agent.transport.udp import UdpTransport
+from agent.uploader import request_pipelined
 from simulator.device.calibration import native_sim_udp_device
 from simulator.server import FleetServer
 from tests.firmware.native_sim import NO_BUFFER_PATTERN, native_sim_udp
@@ -234,3 +240,28 @@ async def test_the_group_list_names_os_and_enumeration_first(targets: tuple[Targ
         assert groups[0] == 10
         assert 0 in groups
         assert count[4] == {"count": len(groups)}
+
+
+async def test_the_agents_window_settles_alike_on_both(targets: tuple[Target, Target]) -> None:
+    """Four echoes in flight against either pool: both drop, the agent resends each drop, shrinks to one."""
+    texts = [f"calibrate-{index}" for index in range(24)]
+    builds = [functools.partial(_echo, text) for text in texts]
+    for target in targets:
+        host, port = target.address
+        session = SmpSession(UdpTransport(host, port, socket_factory=target.make_socket), timeout_s=1.0)
+        await session.open()
+        try:
+            await session.handshake()
+            drops_before = target.drops()
+            report = await request_pipelined(session, builds, window=WindowLimits(initial=4), timeout_s=1.0)
+        finally:
+            await session.close()
+        with contextlib.suppress(TimeoutError):
+            await target.logged(drops_before + report.resent)
+        assert [reply.raise_for_error()["r"] for reply in report.replies] == texts, target.name
+        assert report.resent == target.drops() - drops_before > 0, target.name
+        assert (report.window_sizes[0], report.window_smallest) == (4, 1), target.name
+
+
+def _echo(text: str, sequence: int) -> bytes:
+    return commands.encode_echo(sequence, text)
