@@ -18,11 +18,15 @@ from typing import Final
 
 from simulator.device.device import SimDevice
 from simulator.device.firmware import DeviceIdentity, FirmwareOptions
-from simulator.device.link import LinkProfile
+from simulator.device.link import UDP_MTU_BYTES, LinkProfile
 from simulator.image import build_mcuboot_image
 
 NATIVE_SIM_UDP_LINK: Final = LinkProfile(
-    name="native-sim-udp", buf_size_bytes=2048, buf_count=2, read_interval_s=0.002
+    name="native-sim-udp",
+    buf_size_bytes=2048,
+    buf_count=2,
+    datagram_limit_bytes=UDP_MTU_BYTES,
+    read_interval_s=0.002,
 )
 NATIVE_SIM_UDP_FIRMWARE: Final = FirmwareOptions(
     processing_s=0.003, image_group=False, memfault_group=False, bootloader_info=False

@@ -6,11 +6,14 @@ Rules of this file:
   previous one in that direction has finished, takes `size / bandwidth` and then `latency_s`.
 - Each frame is lost with probability `loss_rate`, each direction independently, from a seeded
   random generator, so a run is repeatable.
-- The device reads at most `datagram_limit_bytes` of a datagram (zephyrproject-rtos/zephyr:
-  subsys/mgmt/mcumgr/transport/src/smp_udp.c receives into `recv_buffer[CONFIG_MCUMGR_TRANSPORT_
-  UDP_MTU]`, 1500 by default): a longer one is cut there, so its header runs past the end and
-  smp.c answers rc 9 ECORRUPT. Measured on the Zephyr 4.4.0 native_sim_udp build: 1500 bytes are
-  answered, 1501 get `{"rc": 9}`. A request that still exceeds `buf_size_bytes` is dropped.
+- A device built with SMP over UDP reads at most `datagram_limit_bytes` of a datagram
+  (zephyrproject-rtos/zephyr:subsys/mgmt/mcumgr/transport/src/smp_udp.c receives into
+  `recv_buffer[CONFIG_MCUMGR_TRANSPORT_UDP_MTU]`, 1500 by default): a longer one is cut there, so
+  its header runs past the end and smp.c answers rc 9 ECORRUPT. Measured on the Zephyr 4.4.0
+  native_sim_udp build: 1500 bytes are answered, 1501 get `{"rc": 9}`. A device modelled as a BLE
+  or serial one (whose transport reassembles whole frames and which the simulator merely serves
+  over UDP, e.g. through simulator/gatt_bridge.py) has no such limit: None. A request that still
+  exceeds `buf_size_bytes` is dropped.
 - The device reads its socket one datagram at a time, at least `read_interval_s` apart, and each
   read allocates a net_buf from ONE pool of `buf_count` that serves requests and replies alike
   (Kconfig MCUMGR_TRANSPORT_NETBUF_COUNT: "used for both requests and responses"). A request
@@ -47,8 +50,9 @@ class LinkProfile:
     reported_buf_count: int | None = None
     """What MCUmgr parameters report as `buf_count`, when it overstates the pool (None: the truth);
     for instance a pool that another transport or the reply path also draws from."""
-    datagram_limit_bytes: int | None = UDP_MTU_BYTES
-    """CONFIG_MCUMGR_TRANSPORT_UDP_MTU: bytes of a datagram the device reads; None reads it all."""
+    datagram_limit_bytes: int | None = None
+    """CONFIG_MCUMGR_TRANSPORT_UDP_MTU of a UDP build (`UDP_MTU_BYTES`): bytes of a datagram the
+    device reads; None reads whole frames (BLE and serial builds)."""
     read_interval_s: float = 0.0
     """The shortest time between two reads of the device's socket (datagrams that arrive together
     are read one after another, this far apart)."""

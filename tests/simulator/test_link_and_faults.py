@@ -6,6 +6,7 @@ import pytest
 
 from simulator.device import DevicePhase, FaultPlan, LinkProfile
 from simulator.device.calibration import native_sim_udp_device
+from simulator.device.link import UDP_MTU_BYTES
 from tests.simulator.frames import NEW, body, echo_of_size, exchange, make_device, reply, request
 
 ECHO = request(0, 0, {"d": "x" * 100}, op=2)  # 8 + 106 bytes; the reply is 8 + 107
@@ -83,13 +84,18 @@ def test_a_burst_is_read_one_datagram_at_a_time_and_every_second_one_dropped() -
 
 
 def test_datagrams_over_the_udp_mtu_are_cut_and_answered_rc_9() -> None:
-    """1500 bytes are read whole; 1501 are cut at the MTU, so the header runs past the end: rc 9."""
-    device = make_device()
+    """On a UDP build, 1500 bytes are read whole; 1501 are cut at the MTU, so the header runs past: rc 9."""
+    device = make_device(link=LinkProfile(datagram_limit_bytes=UDP_MTU_BYTES))
     for size, expected in ((1500, "r"), (1501, "rc"), (4000, "rc")):
         frame = echo_of_size(size)
         [answer] = exchange(device, frame)
         assert list(reply(answer)[1]) == [expected]
     assert body(exchange(device, echo_of_size(1501))) == {"rc": 9}
+
+
+def test_a_ble_or_serial_device_reads_whole_frames_up_to_its_buffer() -> None:
+    """Without a UDP receive buffer, a 2000-byte frame fits a 2048-byte buffer and is answered."""
+    assert list(body(exchange(make_device(), echo_of_size(2000)))) == ["r"]
 
 
 def test_oversized_datagrams_cost_no_processing_time() -> None:
