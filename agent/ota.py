@@ -47,6 +47,7 @@ from agent.ota_decisions import (
 from agent.session import SmpSession
 from agent.smp import commands, group128
 from agent.smp.frame import Group, McumgrErr
+from agent.smp.upload import WindowLimits
 from agent.uploader import upload_image
 from schemas import JobOutcome, JobPhase, OtaCommand, ReasonCode
 
@@ -73,7 +74,8 @@ class JobSettings:
     reconnect_initial_s: float = 0.2
     reconnect_max_s: float = 5.0
     max_link_drops: int = 3
-    window: int | None = None
+    window: int | WindowLimits | None = None
+    """The upload window: a fixed start, limits (agent config `[jobs.window]`) or the defaults."""
 
 
 @dataclass(frozen=True, slots=True)

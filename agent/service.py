@@ -219,6 +219,7 @@ class AgentService:
                     first_chunk_timeout_s=jobs.first_chunk_timeout_s,
                     chunk_timeout_s=jobs.chunk_timeout_s,
                     reboot_timeout_s=jobs.reboot_timeout_s,
+                    window=jobs.window.limits(),
                 ),
             ),
             journal=self.journal,

@@ -33,6 +33,9 @@ class SessionCounters:
     """Replies that matched no pending request (late or duplicated) and were dropped."""
     malformed_replies: int = 0
     resets: int = 0
+    overtaken: int = 0
+    """Requests given up because the device answered a later one first: it processes requests in
+    order, so it dropped these (Zephyr: no free net_buf for them) and their replies never come."""
 
 
 class SmpSession:
@@ -157,6 +160,16 @@ class SmpSession:
             future.cancel()
             self.counters.timeouts += 1
             self._needs_reset = True
+
+    def forget_overtaken(self, future: asyncio.Future[Reply]) -> None:
+        """Give up on a reply the device skipped (a later request was answered first).
+
+        Unlike `abandon`, no transport reset follows: the device dropped the request, so no late
+        reply can come, and the other requests in flight stay valid.
+        """
+        if not future.done():
+            future.cancel()
+            self.counters.overtaken += 1
 
     async def request(self, build: Callable[[int], bytes], *, timeout_s: float | None = None) -> Reply:
         """Send one request and wait for its reply.

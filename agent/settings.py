@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from agent.smp.upload import DEFAULT_GROW_AFTER, DEFAULT_MAX_WINDOW, DEFAULT_PROBE_AFTER, WindowLimits
+
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -94,6 +96,45 @@ class BleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("ble.scan_interval_s must be at least ble.scan_window_s")
 
 
+WindowSize = Annotated[int, msgspec.Meta(ge=1, le=32)]
+
+
+class WindowConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Upload requests in flight (`[jobs.window]`): the window follows the device (AIMD).
+
+    It starts at `initial` (default: the device's `buf_count - 1`, within `minimum`..`maximum`),
+    halves when a request is lost or skipped by the device, and grows by one after `grow_after`
+    clean replies, never above where it started; a size that lost a request is tried again only
+    after `probe_after` clean replies (agent/smp/upload.py `WindowControl`).
+
+    Defaults are omitted when the settings are written out: TOML has no null for `initial`.
+    """
+
+    initial: WindowSize | None = None
+    minimum: WindowSize = 1
+    maximum: WindowSize = DEFAULT_MAX_WINDOW
+    grow_after: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = DEFAULT_GROW_AFTER
+    probe_after: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = DEFAULT_PROBE_AFTER
+
+    def __post_init__(self) -> None:
+        """Reject limits that contradict each other (msgspec reports the ValueError with the key)."""
+        self.limits()
+
+    def limits(self) -> WindowLimits:
+        """The window limits the uploader takes.
+
+        Raises:
+            ValueError: minimum above maximum, or initial outside them.
+        """
+        return WindowLimits(
+            initial=self.initial,
+            minimum=self.minimum,
+            maximum=self.maximum,
+            grow_after=self.grow_after,
+            probe_after=self.probe_after,
+        )
+
+
 class JobsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """OTA execution limits."""
 
@@ -108,6 +149,7 @@ class JobsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     chunk_timeout_s: PositiveSeconds = 5.0
     reboot_timeout_s: PositiveSeconds = 120.0
     keep_finished_days: PositiveSeconds = 30.0
+    window: WindowConfig = WindowConfig()
 
 
 class DownloadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -17,6 +17,10 @@ Figures:
 - `upload.window_bound_bytes_per_s`: diagnostic, the goodput the agent's window allows on this
   link when each request waits a full round trip for its reply: `min(capacity, w * d / rtt)` with
   `w` the window, `d` the mean data per chunk and `rtt = q / B + r / B + 2 L` (symbols below).
+- `upload.agent_window_start`, `upload.agent_window_smallest`, `upload.agent_window_decreases`,
+  `upload.agent_no_buffer_drops`: diagnostics of the agent's window (agent.smp.upload.WindowControl)
+  over the `ROUNDS` uploads, and the requests the simulated devices dropped for want of a net_buf
+  (their pool serves requests and replies, simulator/device/link.py).
 - `upload.resume_extra_bytes_ratio` (target < 0.05): the device goes silent on the first chunk at or
   past half the image (`FaultPlan.silent_at_upload_offset`, which keeps its upload session, unlike
   `reboot_at_upload_offset`), and the bench's transport reports the link as dropped, as a BLE
@@ -57,7 +61,7 @@ from agent.device_link import TransportLink, udp_link
 from agent.errors import DeviceUnreachable
 from agent.transport.base import CloseHandler, FrameHandler
 from agent.transport.udp import IPV4_UDP_OVERHEAD_BYTES, UdpTransport
-from agent.uploader import upload_image
+from agent.uploader import UploadReport, upload_image
 from simulator.device import FaultPlan, LinkProfile
 from simulator.device.device import DevicePhase
 from simulator.fleet import DeviceSpec, Fleet
@@ -198,8 +202,8 @@ def _timed(started_s: float, image: bytes) -> float:
     return len(image) / (time.perf_counter() - started_s)
 
 
-async def _agent_upload(endpoint: tuple[str, int], image: bytes) -> tuple[float, int]:
-    """Upload with the agent's defaults; return the goodput and the window it used."""
+async def _agent_upload(endpoint: tuple[str, int], image: bytes) -> tuple[float, UploadReport]:
+    """Upload with the agent's defaults; return the goodput and what the upload (and its window) did."""
     session = await udp_link(*endpoint, timeout_s=TIMEOUT_S).connect()
     try:
         started_s = time.perf_counter()
@@ -209,7 +213,7 @@ async def _agent_upload(endpoint: tuple[str, int], image: bytes) -> tuple[float,
         await session.close()
     if report.bytes_sent != len(image) or report.rewinds:
         raise RuntimeError(f"a clean upload should send the image once: {report}")
-    return goodput, report.window
+    return goodput, report
 
 
 async def _smpclient_upload(endpoint: tuple[str, int], image: bytes) -> float:
@@ -289,12 +293,15 @@ async def _measure() -> dict[str, float]:
     async with FleetServer(fleet, base_host="127.0.0.1", port_per_device=True) as server:
         agent_rates = []
         smpclient_rates = []
-        window = 0
+        reports = []
         for agent_serial, smpclient_serial in zip(agents, smpclients, strict=True):
-            rate, window = await _agent_upload(server.endpoints[agent_serial], image)
+            rate, report = await _agent_upload(server.endpoints[agent_serial], image)
             agent_rates.append(rate)
+            reports.append(report)
             smpclient_rates.append(await _smpclient_upload(server.endpoints[smpclient_serial], image))
         extra_ratio = await _resumed_upload(server, resume, image)
+        no_buffer_drops = sum(server.device(serial).counters.no_buffer_drops for serial in agents)
+    window = reports[-1].window
     capacity = link_capacity(image, LINK)
     agent = statistics.median(agent_rates)
     smpclient = statistics.median(smpclient_rates)
@@ -306,6 +313,10 @@ async def _measure() -> dict[str, float]:
         "upload.agent_vs_smpclient": agent / smpclient,
         "upload.agent_vs_capacity": agent / capacity.bytes_per_s,
         "upload.resume_extra_bytes_ratio": extra_ratio,
+        "upload.agent_window_start": float(window),
+        "upload.agent_window_smallest": float(min(report.window_smallest for report in reports)),
+        "upload.agent_window_decreases": float(sum(report.window_decreases for report in reports)),
+        "upload.agent_no_buffer_drops": float(no_buffer_drops),
     }
 
 

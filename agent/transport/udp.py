@@ -1,9 +1,14 @@
-"""SMP over UDP: one datagram is one frame, capped at the device's buffer size.
+"""SMP over UDP: one datagram is one frame, capped at the device's buffer size and the UDP MTU.
 
-Zephyr does not reassemble frames across datagrams and answers a split frame with ECORRUPT.
+Zephyr does not reassemble frames across datagrams and answers a split frame with ECORRUPT. It
+reads at most CONFIG_MCUMGR_TRANSPORT_UDP_MTU (1500) bytes of a datagram, so a longer one is cut
+and answered rc 9 even when `buf_size` is larger (measured on the native_sim_udp build): frames
+stay at or under the path MTU less the IP and UDP headers.
 """
 
 import asyncio
+import socket
+from collections.abc import Callable
 from typing import Final
 
 from agent.errors import DeviceUnreachable, LinkClosed, SmpLocalError
@@ -38,10 +43,22 @@ class _Datagrams(asyncio.DatagramProtocol):
 class UdpTransport:
     """A connected UDP socket to one device's SMP server."""
 
-    def __init__(self, host: str, port: int = DEFAULT_PORT, *, mtu_bytes: int = DEFAULT_MTU_BYTES) -> None:
-        """Prepare a link to `host:port`; frames are capped at the path MTU minus IP/UDP headers."""
+    def __init__(
+        self,
+        host: str,
+        port: int = DEFAULT_PORT,
+        *,
+        mtu_bytes: int = DEFAULT_MTU_BYTES,
+        socket_factory: Callable[[], socket.socket] | None = None,
+    ) -> None:
+        """Prepare a link to `host:port`; frames are capped at the path MTU minus IP/UDP headers.
+
+        `socket_factory` makes the (unconnected, non-blocking) datagram socket of every open, for
+        a device reached through a socket made elsewhere, e.g. inside another network namespace.
+        """
         self.host = host
         self.port = port
+        self._socket_factory = socket_factory
         self._datagram_limit = mtu_bytes - IPV4_UDP_OVERHEAD_BYTES
         self._frame_limit = self._datagram_limit
         self._transport: asyncio.DatagramTransport | None = None
@@ -66,9 +83,20 @@ class UdpTransport:
         self._handlers = (on_frame, on_close)
         loop = asyncio.get_running_loop()
         try:
-            transport, protocol = await loop.create_datagram_endpoint(
-                lambda: _Datagrams(on_frame, on_close), remote_addr=(self.host, self.port)
-            )
+            if self._socket_factory is None:
+                transport, protocol = await loop.create_datagram_endpoint(
+                    lambda: _Datagrams(on_frame, on_close), remote_addr=(self.host, self.port)
+                )
+            else:
+                sock = self._socket_factory()
+                try:
+                    sock.connect((self.host, self.port))
+                except OSError:
+                    sock.close()
+                    raise
+                transport, protocol = await loop.create_datagram_endpoint(
+                    lambda: _Datagrams(on_frame, on_close), sock=sock
+                )
         except OSError as error:
             raise DeviceUnreachable(f"cannot open UDP to {self.host}:{self.port}: {error}") from error
         self._transport, self._protocol = transport, protocol

@@ -28,6 +28,7 @@ class Group(IntEnum):
 
     OS = 0
     IMAGE = 1
+    ENUMERATION = 10
     MEMFAULT = 128
 
 
@@ -37,7 +38,17 @@ class OsCommand(IntEnum):
     ECHO = 0
     RESET = 5
     MCUMGR_PARAMETERS = 6
+    INFO = 7
     BOOTLOADER_INFO = 8
+
+
+class EnumCommand(IntEnum):
+    """Enumeration group (10) commands (zephyr:include/zephyr/mgmt/mcumgr/grp/enum_mgmt/enum_mgmt.h)."""
+
+    COUNT = 0
+    LIST = 1
+    SINGLE = 2
+    DETAILS = 3
 
 
 class ImageCommand(IntEnum):

@@ -1,8 +1,8 @@
 """What is flashed into a simulated device: its identity and the firmware's build options and timings."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from simulator.device.os_group import BootloaderMode
+from simulator.device.os_group import BootloaderMode, OsInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +36,17 @@ class FirmwareOptions:
     swap_time_s: float = 0.3
     """Added to a boot for each slot swap MCUboot performs."""
     processing_s: float = 0.0
-    """Time to handle any request."""
+    """Time to handle any request that reaches a handler; it holds its buffers meanwhile."""
     erase_bytes_per_s: float | None = None
     """Flash erase speed; None erases instantly."""
     bootloader_mode: BootloaderMode = BootloaderMode.SWAP_WITHOUT_SCRATCH
+    bootloader_info: bool = True
+    """CONFIG_MCUMGR_GRP_OS_BOOTLOADER_INFO: OS command 8 has a handler."""
+    image_group: bool = True
+    """CONFIG_MCUMGR_GRP_IMG: group 1 is served (off: rc 8, as on the native_sim_udp builds)."""
+    memfault_group: bool = True
+    """CONFIG_MEMFAULT_MCUMGR_GRP: group 128 is served (off: rc 8, as on smpclient's fixtures)."""
+    enumeration_group: bool = True
+    """CONFIG_MCUMGR_GRP_ENUM: group 10 lists the groups served."""
+    os_info: OsInfo = field(default_factory=OsInfo)
+    """What OS info (group 0 command 7) reports."""

@@ -11,7 +11,7 @@ Rules (zephyrproject-rtos/zephyr:subsys/mgmt/mcumgr/smp/src/smp.c, `smp_process_
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from simulator.device import codec
@@ -49,6 +49,8 @@ class Answer:
     request: Header
     frame: bytes
     effects: tuple[Effect, ...] = ()
+    handled: bool = False
+    """True when the request reached the group dispatch (and so cost processing time)."""
 
 
 def process_datagram(datagram: bytes, dispatch: Dispatch, options: SmpOptions) -> list[Answer]:
@@ -82,18 +84,22 @@ def _handle_one(  # noqa: PLR0911 - one return per smp.c rule, in its order
     reply = dispatch(header, payload)
     match reply:
         case None:
-            return _error(header, MgmtErr.ENOTSUP), True
+            return _handled(_error(header, MgmtErr.ENOTSUP)), True
         case MgmtError(rc=rc):
-            return _error(header, rc), True
+            return _handled(_error(header, rc)), True
         case GroupError(group=group, rc=rc, effects=effects):
             if header.version == SmpVersion.V1:
-                return _error(header, translate_group_error(group, rc)), True
+                return _handled(_error(header, translate_group_error(group, rc))), True
             payload_out = codec.group_error_payload(group, rc)
         case Ok(fields=fields, effects=effects):
             payload_out = codec.ok_payload(fields, legacy_rc=options.legacy_rc, extra=options.extra_fields)
     if HEADER_SIZE_BYTES + len(payload_out) > options.buf_size_bytes:
-        return _error(header, MgmtErr.EMSGSIZE), True
-    return Answer(header, codec.reply_frame(header, payload_out), effects), False
+        return _handled(_error(header, MgmtErr.EMSGSIZE)), True
+    return Answer(header, codec.reply_frame(header, payload_out), effects, handled=True), False
+
+
+def _handled(answer: Answer) -> Answer:
+    return replace(answer, handled=True)
 
 
 def _error(header: Header, rc: int) -> Answer:

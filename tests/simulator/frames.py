@@ -38,6 +38,16 @@ def reply(frame: bytes) -> tuple[tuple[int, int, int, int, int, int, int], Any]:
     return (first & 7, (first >> 3) & 3, flags, length, group, sequence, command), cbor2.loads(frame[8:])
 
 
+def echo_of_size(size_bytes: int, sequence: int = 1) -> bytes:
+    """An echo write request of exactly `size_bytes` (header included)."""
+    text_bytes = size_bytes
+    while True:
+        frame = request(0, 0, {"d": "y" * text_bytes}, op=2, sequence=sequence)
+        if len(frame) == size_bytes:
+            return frame
+        text_bytes += size_bytes - len(frame)
+
+
 def body(frames: list[bytes]) -> Any:
     """The decoded map of the only reply frame."""
     assert len(frames) == 1, f"expected one reply, got {len(frames)}"

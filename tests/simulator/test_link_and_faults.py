@@ -5,7 +5,9 @@ import hashlib
 import pytest
 
 from simulator.device import DevicePhase, FaultPlan, LinkProfile
-from tests.simulator.frames import NEW, body, exchange, make_device, reply, request
+from simulator.device.calibration import native_sim_udp_device
+from simulator.device.link import UDP_MTU_BYTES
+from tests.simulator.frames import NEW, body, echo_of_size, exchange, make_device, reply, request
 
 ECHO = request(0, 0, {"d": "x" * 100}, op=2)  # 8 + 106 bytes; the reply is 8 + 107
 PARAMS = request(0, 6)
@@ -49,15 +51,64 @@ def test_loss_is_seeded_and_repeatable() -> None:
     assert 20 < len(first) < 120
 
 
-def test_requests_beyond_buf_count_are_dropped_while_the_device_is_busy() -> None:
-    """During a slow erase only `buf_count` requests can wait; the rest are dropped."""
+def test_a_request_being_processed_holds_its_reply_buffer_too() -> None:
+    """Requests and replies share the pool: with buf_count 2 a slow request leaves no room to wait."""
     device = make_device(link=LinkProfile(buf_count=2), faults=FaultPlan(first_chunk_erase_delay_s=1.0))
     [(erase_done_s, _)] = device.handle(first_chunk(), 0.0)
     assert erase_done_s == pytest.approx(1.0)
+    assert [len(device.handle(PARAMS, 0.1)) for _ in range(2)] == [0, 0]
+    assert device.counters.no_buffer_drops == 2
+    assert len(device.handle(PARAMS, 1.5)) == 1
+
+
+def test_requests_beyond_the_pool_are_dropped_while_the_device_is_busy() -> None:
+    """With buf_count 3 one request can wait beside the one being processed; the next is dropped."""
+    device = make_device(link=LinkProfile(buf_count=3), faults=FaultPlan(first_chunk_erase_delay_s=1.0))
+    device.handle(first_chunk(), 0.0)
     waiting = [device.handle(PARAMS, 0.1) for _ in range(3)]
     assert [len(replies) for replies in waiting] == [1, 0, 0]
     assert waiting[0][0].send_at_s == pytest.approx(1.0)  # answered after the erase
     assert len(device.handle(PARAMS, 1.5)) == 1
+
+
+def test_a_burst_is_read_one_datagram_at_a_time_and_every_second_one_dropped() -> None:
+    """The calibrated native_sim_udp profile answers a burst at positions 0, 2, 4 like the real build."""
+    device = native_sim_udp_device()
+    answered = [
+        position
+        for position in range(7)
+        if device.handle(request(0, 0, {"d": "x"}, op=2, sequence=position), 0.0001 * position)
+    ]
+    assert answered == [0, 2, 4, 6]
+    assert device.counters.no_buffer_drops == 3
+
+
+def test_datagrams_over_the_udp_mtu_are_cut_and_answered_rc_9() -> None:
+    """On a UDP build, 1500 bytes are read whole; 1501 are cut at the MTU, so the header runs past: rc 9."""
+    device = make_device(link=LinkProfile(datagram_limit_bytes=UDP_MTU_BYTES))
+    for size, expected in ((1500, "r"), (1501, "rc"), (4000, "rc")):
+        frame = echo_of_size(size)
+        [answer] = exchange(device, frame)
+        assert list(reply(answer)[1]) == [expected]
+    assert body(exchange(device, echo_of_size(1501))) == {"rc": 9}
+
+
+def test_a_ble_or_serial_device_reads_whole_frames_up_to_its_buffer() -> None:
+    """Without a UDP receive buffer, a 2000-byte frame fits a 2048-byte buffer and is answered."""
+    assert list(body(exchange(make_device(), echo_of_size(2000)))) == ["r"]
+
+
+def test_oversized_datagrams_cost_no_processing_time() -> None:
+    """A burst of datagrams rejected on their header is answered whole: no buffer stays held."""
+    device = native_sim_udp_device()
+    assert all(device.handle(echo_of_size(1600), 0.0001 * index) for index in range(3))
+    assert device.counters.no_buffer_drops == 0
+
+
+def test_a_pool_smaller_than_reported() -> None:
+    """`reported_buf_count` is what the parameters say; the pool stays `buf_count`."""
+    device = make_device(link=LinkProfile(buf_count=2, reported_buf_count=4))
+    assert body(exchange(device, PARAMS)) == {"buf_size": 2048, "buf_count": 4}
 
 
 def test_drop_the_nth_response() -> None:
