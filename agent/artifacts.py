@@ -331,19 +331,25 @@ class ArtifactFetcher:
         *,
         resolver: Resolver = system_resolver,
         ssl_context: ssl.SSLContext | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        """Download under `policy`; `resolver` and `ssl_context` are injectable for tests."""
+        """Download under `policy`; `resolver` and `ssl_context` are injectable for tests.
+
+        `transport` replaces the pinned network below the URL checks: only in-memory tests of the
+        OTA flow pass one (they have no network to pin); production never does.
+        """
         self.cache = cache
         self.policy = policy
         self._resolver = resolver
         self._ssl_context = ssl_context
+        self._transport = transport
         self._downloads: dict[str, asyncio.Lock] = {}
 
     def _client(self) -> httpx.AsyncClient:
         # One client per download (downloads are rare: one per release per gateway); redirects are
         # followed by hand so that each hop is checked, and the environment is never consulted.
         return httpx.AsyncClient(
-            transport=PinnedTransport(self.policy, self._resolver, self._ssl_context),
+            transport=self._transport or PinnedTransport(self.policy, self._resolver, self._ssl_context),
             follow_redirects=False,
             trust_env=False,
             timeout=httpx.Timeout(self.policy.read_timeout_s, connect=self.policy.connect_timeout_s),

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import httpx
 from bleak.backends.client import BaseBleakClient
 from bleak.backends.scanner import BaseBleakScanner
 from prometheus_client import CollectorRegistry
@@ -126,6 +127,7 @@ def build_agent(
     settings: AgentSettings,
     *,
     resolver: Resolver = system_resolver,
+    http_transport: httpx.AsyncBaseTransport | None = None,
     registry: CollectorRegistry | None = None,
     transports: Transports | None = None,
     mqtt: MqttMaker = broker_session,
@@ -136,6 +138,7 @@ def build_agent(
 
     Artifacts are fetched by the fetcher's own pinned client; `resolver` answers its name lookups
     (the system's by default; tests inject one to prove a rebinding answer is refused).
+    `http_transport` replaces the network under the fetcher for in-memory tests only.
 
     Raises:
         ConfigError: the settings cannot make an agent (an invalid gateway id).
@@ -160,6 +163,7 @@ def build_agent(
             proxy_url=downloads.proxy_url,
         ),
         resolver=resolver,
+        transport=http_transport,
     )
     mqtt_metrics = MqttMetrics(registry)
     make_finder: Callable[[Inventory], DeviceFinder] | None = None

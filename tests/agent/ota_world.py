@@ -66,16 +66,16 @@ def artifact_url(version: str) -> str:
     return f"http://{ARTIFACT_HOST}/{version}.bin"
 
 
-def fetcher(http: httpx.AsyncClient, cache_dir: Path) -> ArtifactFetcher:
-    """The production fetcher; `http` should be `artifact_client()`."""
+def fetcher(http: httpx.AsyncBaseTransport, cache_dir: Path) -> ArtifactFetcher:
+    """The production fetcher over an in-memory network; `http` should be `artifact_client()`."""
     return ArtifactFetcher(
         ArtifactCache(cache_dir, 64 * 1024 * 1024),
         DownloadPolicy(allowed_hosts=(ARTIFACT_HOST,), allow_http=True, allow_private_addresses=True),
-        http,
+        transport=http,
     )
 
 
-def artifact_client(versions: tuple[str, ...] = ("1.1.0",)) -> httpx.AsyncClient:
+def artifact_client(versions: tuple[str, ...] = ("1.1.0",)) -> httpx.MockTransport:
     """An HTTP client that serves the images of `versions` from memory (404 for anything else)."""
     served = {f"/{v}.bin": image(v) for v in versions}
 
@@ -84,7 +84,7 @@ def artifact_client(versions: tuple[str, ...] = ("1.1.0",)) -> httpx.AsyncClient
         return httpx.Response(200, content=body) if body is not None else httpx.Response(404)
 
     handler: Callable[[httpx.Request], httpx.Response] = handle
-    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return httpx.MockTransport(handler)
 
 
 def command(

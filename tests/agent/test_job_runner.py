@@ -198,7 +198,7 @@ async def test_build_agent_assembles_an_agent_that_updates_a_device_in_memory(tm
     async with artifact_client() as http:
         agent = build_agent(
             settings,
-            http=http,
+            http_transport=http,
             transports=memory_transports({"M1": device}),
             mqtt=memory_mqtt(sessions),
         )

@@ -1,13 +1,11 @@
 """The agent's metrics: the collector exposes only the readings it is handed, and a scrape only reads."""
 
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from agent.device_link import DeviceLink
+from agent.factory import build_agent
 from agent.metrics import AgentCollector, AgentReadings
-from agent.service import AgentService
 from agent.settings import AgentSettings, DownloadConfig
 from schemas import JobOutcome, Transport
 
@@ -49,21 +47,16 @@ def test_the_collector_exposes_the_readings_it_is_handed() -> None:
     assert value("mcufleet_agent_artifact_cache_max_bytes") == 1000
 
 
-def _no_udp_device(*_: Any) -> DeviceLink:
-    raise AssertionError("no UDP device is configured")
-
-
 async def test_a_real_agent_scraped_twice_answers_the_same(tmp_path: Path) -> None:
     """Two scrapes of a constructed agent's registry return the same text; readings are its own."""
     registry = CollectorRegistry()
-    agent = AgentService(
+    agent = build_agent(
         AgentSettings(
             gateway_id="gw-metrics",
             state_dir=str(tmp_path),
             downloads=DownloadConfig(cache_max_bytes=12345),
         ),
         registry=registry,
-        make_udp_link=_no_udp_device,
     )
     try:
         agent.inventory.stats.probes = 3

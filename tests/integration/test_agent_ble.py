@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from agent.ble_discovery import or_patterns
+from agent.ble_discovery import BleDiscovery, or_patterns
 from agent.factory import BleBackends, Transports, build_agent
 from agent.inventory import fallback_serial
 from agent.service import AgentService
@@ -201,7 +201,8 @@ async def test_gatt_database_change_after_swap_is_rediscovered(
     state = world.peripherals["B1"]
     assert len(state.databases) == 2
     assert state.stale_writes >= 1
-    assert world.service.ble is not None and world.service.ble.counters.rediscoveries >= 1
+    assert isinstance(world.service.ble, BleDiscovery)
+    assert world.service.ble.counters.rediscoveries >= 1
 
 
 async def test_scan_is_duty_cycled_and_passive(broker: MosquittoBroker, tmp_path: Path) -> None:

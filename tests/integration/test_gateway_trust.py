@@ -46,6 +46,7 @@ from schemas import (
     WaveSpec,
     channels,
 )
+from service_runtime.mqtt import MqttSession
 from simulator.cloud import CloudEmulator
 from tests.harness.broker import MosquittoBroker
 from tests.integration.test_rollout_e2e import create_and_start
@@ -342,10 +343,12 @@ async def test_the_agents_fence_epoch_survives_a_restart(broker: MosquittoBroker
         async with running_agent(settings) as agent:
             probe.send("gw-fence", _expired(ota_command("job-7", "D1", release), 7))
             await probe.wait_for(lambda: "job-7" in probe.results)
+            assert isinstance(agent.session, MqttSession)
             first_epoch = agent.session.epoch
         assert probe.results["job-7"].reason is ReasonCode.EXPIRED
         async with running_agent(settings) as agent:
             assert agent.fence.highest == 7
+            assert isinstance(agent.session, MqttSession)
             assert agent.session.epoch > first_epoch
             # Same topic, QoS 1: the broker delivers in order, so job-new's answer comes after job-old's.
             probe.send("gw-fence", _expired(ota_command("job-old", "D1", release), 5))
