@@ -4,7 +4,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from agent.session import SessionCounters, SmpSession
+from agent.settings import SerialDevice
 from agent.transport.base import SmpTransport
+from agent.transport.serial import SerialTransport, port_name
 from agent.transport.udp import UdpTransport
 
 
@@ -67,5 +69,46 @@ def udp_link(
         lambda: UdpTransport(host, port),
         timeout_s=timeout_s,
         handshake_timeout_s=handshake_timeout_s,
+        counters=counters,
+    )
+
+
+def serial_link(
+    url: str,
+    *,
+    baudrate: int = 115_200,
+    line_length: int = 128,
+    buf_size_bytes: int | None = None,
+    timeout_s: float = 2.5,
+    handshake_timeout_s: float = 2.0,
+    counters: SessionCounters | None = None,
+) -> TransportLink:
+    """A link to an SMP-over-serial device at `url` (a port path or a `socket://` URL)."""
+    return TransportLink(
+        url,
+        lambda: SerialTransport(
+            url, baudrate=baudrate, line_length=line_length, buf_size_bytes=buf_size_bytes
+        ),
+        timeout_s=timeout_s,
+        handshake_timeout_s=handshake_timeout_s,
+        counters=counters,
+    )
+
+
+def serial_identity(device: SerialDevice) -> str:
+    """The id a configured serial device is reported under when it has no group 128."""
+    return device.serial or f"serial:{port_name(device.url)}"
+
+
+def configured_serial_link(
+    device: SerialDevice, *, timeout_s: float = 2.5, counters: SessionCounters | None = None
+) -> TransportLink:
+    """The link for a `[[serial_devices]]` entry."""
+    return serial_link(
+        device.url,
+        baudrate=device.baudrate,
+        line_length=device.line_length,
+        buf_size_bytes=device.buf_size,
+        timeout_s=timeout_s,
         counters=counters,
     )

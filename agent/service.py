@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.artifacts import ArtifactCache, ArtifactFetcher, DownloadPolicy
 from agent.ble_discovery import BleDiscovery
-from agent.device_link import DeviceLink
+from agent.device_link import DeviceLink, configured_serial_link, serial_identity
 from agent.discovery import Inventory
 from agent.errors import ConfigError
 from agent.inventory import KnownDevice, ReportSequencer
@@ -32,7 +32,7 @@ from agent.journal import Journal
 from agent.metrics import AgentCollector
 from agent.ota import JobSettings
 from agent.session import SessionCounters
-from agent.settings import AgentSettings, UdpDevice
+from agent.settings import AgentSettings, SerialDevice, UdpDevice
 from schemas import (
     CancelJob,
     GatewayId,
@@ -114,6 +114,7 @@ class AgentService:
         registry: CollectorRegistry,
         http: httpx.AsyncClient,
         make_udp_link: Callable[[UdpDevice, SessionCounters], DeviceLink],
+        make_serial_link: Callable[[SerialDevice, SessionCounters], DeviceLink] | None = None,
         notifier: SystemdNotifier | None = None,
         ble_backends: BleBackends | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -139,6 +140,14 @@ class AgentService:
         """Totals over every SMP session of this agent (requests, timeouts, malformed replies)."""
         for device in settings.udp_devices:
             self.inventory.add_endpoint(make_udp_link(device, self.smp_counters), Transport.UDP)
+        timeout_s = settings.discovery.smp_timeout_s
+        for serial_device in settings.serial_devices:
+            link = (
+                make_serial_link(serial_device, self.smp_counters)
+                if make_serial_link is not None
+                else configured_serial_link(serial_device, timeout_s=timeout_s, counters=self.smp_counters)
+            )
+            self.inventory.add_endpoint(link, Transport.SERIAL, identity=serial_identity(serial_device))
         self.ble: BleDiscovery | None = None
         if settings.ble.enabled:
             backends = ble_backends or BleBackends()
