@@ -14,11 +14,9 @@ import httpx
 import structlog
 from prometheus_client import CollectorRegistry
 
-from agent.device_link import DeviceLink, udp_link
 from agent.errors import AgentError
-from agent.service import AgentService
-from agent.session import SessionCounters
-from agent.settings import AgentSettings, UdpDevice
+from agent.factory import build_agent
+from agent.settings import AgentSettings
 from service_runtime.config import load_config
 from service_runtime.errors import ServiceRuntimeError
 from service_runtime.logs import configure_logging
@@ -55,24 +53,12 @@ def run(argv: Sequence[str]) -> int:
     return 0
 
 
-def make_udp_link(device: UdpDevice, timeout_s: float, counters: SessionCounters) -> DeviceLink:
-    """The concrete link for a configured UDP device."""
-    return udp_link(device.host, device.port, timeout_s=timeout_s, counters=counters)
-
-
 async def serve(settings: AgentSettings) -> None:
     """Build the agent from concrete adapters and run it until a termination signal."""
     registry = CollectorRegistry()
     metrics = MetricsServer(registry, settings.metrics.host, settings.metrics.port)
-    timeout_s = settings.discovery.smp_timeout_s
     async with httpx.AsyncClient(follow_redirects=False) as http:
-        service = AgentService(
-            settings,
-            registry=registry,
-            http=http,
-            make_udp_link=lambda device, counters: make_udp_link(device, timeout_s, counters),
-            notifier=SystemdNotifier(),
-        )
+        service = build_agent(settings, http=http, registry=registry, notifier=SystemdNotifier())
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, lambda: asyncio.ensure_future(service.stop()))

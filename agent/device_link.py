@@ -35,9 +35,14 @@ class TransportLink:
         timeout_s: float,
         handshake_timeout_s: float,
         counters: SessionCounters | None = None,
+        identity: str | None = None,
     ) -> None:
-        """Reach `address` through transports made by `make_transport`; sessions count into `counters`."""
+        """Reach `address` through transports made by `make_transport`; sessions count into `counters`.
+
+        `identity` is the id to report for a device that cannot say who it is (no group 128).
+        """
         self.address = address
+        self.identity = identity
         self._counters = counters
         self._make_transport = make_transport
         self._timeout_s = timeout_s
@@ -82,6 +87,7 @@ def serial_link(
     timeout_s: float = 2.5,
     handshake_timeout_s: float = 2.0,
     counters: SessionCounters | None = None,
+    identity: str | None = None,
 ) -> TransportLink:
     """A link to an SMP-over-serial device at `url` (a port path or a `socket://` URL)."""
     return TransportLink(
@@ -92,6 +98,7 @@ def serial_link(
         timeout_s=timeout_s,
         handshake_timeout_s=handshake_timeout_s,
         counters=counters,
+        identity=identity,
     )
 
 
@@ -103,7 +110,7 @@ def serial_identity(device: SerialDevice) -> str:
 def configured_serial_link(
     device: SerialDevice, *, timeout_s: float = 2.5, counters: SessionCounters | None = None
 ) -> TransportLink:
-    """The link for a `[[serial_devices]]` entry."""
+    """The link for a `[[serial_devices]]` entry, carrying the id it is reported under without group 128."""
     return serial_link(
         device.url,
         baudrate=device.baudrate,
@@ -111,4 +118,5 @@ def configured_serial_link(
         buf_size_bytes=device.buf_size,
         timeout_s=timeout_s,
         counters=counters,
+        identity=serial_identity(device),
     )

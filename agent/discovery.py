@@ -15,7 +15,7 @@ from datetime import datetime
 
 import structlog
 
-from agent.device_link import DeviceLink
+from agent.device_link import DeviceLink, TransportLink
 from agent.errors import AgentError
 from agent.inventory import KnownDevice, probe
 from agent.settings import DiscoveryConfig
@@ -115,8 +115,11 @@ class Inventory:
     ) -> None:
         """Start tracking an endpoint (idempotent); it is probed at once if new.
 
-        `identity` is the id reported for a device without group 128 (see `SerialDevice`).
+        `identity` is the id reported for a device without group 128 (see `SerialDevice`); by
+        default the link's own, when it carries one.
         """
+        if identity is None and isinstance(link, TransportLink):
+            identity = link.identity
         known = self._endpoints.get(link.address)
         if known is not None:
             known.rssi_dbm = rssi_dbm if rssi_dbm is not None else known.rssi_dbm

@@ -3,8 +3,9 @@
 The flow reconciles with what the device already holds before each step, so it is safe to run
 again after an agent crash, a dropped link or a hand-over from another gateway: an image already in
 slot 1 is not uploaded again, an image already running is only confirmed, and an upload in
-progress resumes by sha. Success is reported only once the new image runs, reports the target
-version through group 128 and is confirmed.
+progress resumes by sha. Success is reported only once slot 0 runs the target image (its hash and
+version from the image state read) and is confirmed; group 128's `current_version` must agree as
+well when the device has that group (real Zephyr builds without it answer rc 8, ENOTSUP).
 """
 
 import asyncio
@@ -175,7 +176,7 @@ class OtaJob:
                 # restarted: past the point of no return, so a cancel no longer stops the job.
                 self.testing_started = not running.confirmed
                 return await self._confirm(session, facts)
-            self._check_preconditions(info, facts)
+            self._check_preconditions(_running_version(info, running), facts)
             staged = _slot(slots, 1)
             if staged is None or staged.hash_sha256 != facts.image_hash:
                 async with self._upload_slot:
@@ -212,34 +213,37 @@ class OtaJob:
         finally:
             await session.close()
 
-    def _check_preconditions(self, info: group128.DeviceInfo, facts: ImageFacts) -> None:
+    def _check_preconditions(self, current_version: str, facts: ImageFacts) -> None:
         command = self.command
         if (
             command.expected_current_version is not None
-            and info.current_version != command.expected_current_version
+            and current_version != command.expected_current_version
         ):
             raise _end(
                 JobOutcome.REJECTED,
                 ReasonCode.WRONG_CURRENT_VERSION,
                 retryable=False,
-                detail=f"device runs {info.current_version}, expected {command.expected_current_version}",
-                running_version=info.current_version,
+                detail=f"device runs {current_version}, expected {command.expected_current_version}",
+                running_version=current_version,
             )
         with contextlib.suppress(ImageError):
-            if not command.allow_downgrade and version_key(info.current_version) >= facts.version_key:
+            if not command.allow_downgrade and version_key(current_version) >= facts.version_key:
                 raise _end(
                     JobOutcome.REJECTED,
                     ReasonCode.DOWNGRADE_REFUSED,
                     retryable=False,
-                    detail=f"device runs {info.current_version}, image is {facts.version}",
-                    running_version=info.current_version,
+                    detail=f"device runs {current_version}, image is {facts.version}",
+                    running_version=current_version,
                 )
 
-    async def _device_info(self, session: SmpSession) -> group128.DeviceInfo:
+    async def _device_info(self, session: SmpSession) -> group128.DeviceInfo | None:
+        """Group 128's device info, or None when the device has no group 128 (plain rc 8)."""
         try:
             reply = await session.request(group128.encode_device_info_read)
             return group128.parse_device_info(reply.raise_for_error())
         except SmpDeviceError as error:
+            if error.rc == McumgrErr.ENOTSUP and not error.group_error:
+                return None
             if error.rc == McumgrErr.EACCESSDENIED and not error.group_error:
                 raise _end(
                     JobOutcome.REJECTED, ReasonCode.ACCESS_DENIED, retryable=False, detail=str(error)
@@ -303,8 +307,16 @@ class OtaJob:
                 detail=f"the device booted {version or 'no image'} again",
                 running_version=version,
             )
+        if not _same_version(running.version, facts):
+            raise _end(
+                JobOutcome.FAILED,
+                ReasonCode.VERIFY_FAILED,
+                retryable=True,
+                detail=f"slot 0 reports version {running.version}, expected {facts.version}",
+                running_version=running.version,
+            )
         info = await self._device_info(session)
-        if version_key(info.current_version) != facts.version_key:
+        if info is not None and not _same_version(info.current_version, facts):
             raise _end(
                 JobOutcome.FAILED,
                 ReasonCode.VERIFY_FAILED,
@@ -312,6 +324,7 @@ class OtaJob:
                 detail=f"group 128 reports {info.current_version}, expected {facts.version}",
                 running_version=info.current_version,
             )
+        running_version = _running_version(info, running)
         if not running.confirmed:
             self._progress(JobPhase.CONFIRMING, 0, 0)
             reply = await session.request(
@@ -324,10 +337,10 @@ class OtaJob:
                     ReasonCode.CONFIRM_FAILED,
                     retryable=True,
                     detail="the running image is not confirmed after the confirm request",
-                    running_version=info.current_version,
+                    running_version=running_version,
                 )
         reason = ReasonCode.OK if self.uploads or self.testing_started else ReasonCode.ALREADY_ON_TARGET
-        return JobReport(JobOutcome.SUCCEEDED, reason, False, running_version=info.current_version)
+        return JobReport(JobOutcome.SUCCEEDED, reason, False, running_version=running_version)
 
     @contextlib.asynccontextmanager
     async def _session(self, *, after_reboot: bool = False) -> AsyncIterator[SmpSession]:
@@ -420,6 +433,21 @@ class OtaJob:
 async def _state(session: SmpSession) -> list[commands.SlotState]:
     reply = await session.request(commands.encode_state_read)
     return commands.parse_state(reply.raise_for_error())
+
+
+def _same_version(reported: str, facts: ImageFacts) -> bool:
+    """Whether a version the device reports is the image's (an unreadable one never is)."""
+    try:
+        return version_key(reported) == facts.version_key
+    except ImageError:
+        return False
+
+
+def _running_version(info: group128.DeviceInfo | None, running: commands.SlotState | None) -> str:
+    """What the device runs: group 128's `current_version` when it has the group, else slot 0's."""
+    if info is not None:
+        return info.current_version
+    return running.version if running is not None else ""
 
 
 def _slot(slots: list[commands.SlotState], slot: int) -> commands.SlotState | None:

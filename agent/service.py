@@ -1,9 +1,10 @@
 """The agent service: joins the MQTT session, the inventory and the job runner of one gateway.
 
-Inbound commands are decoded by the session (bad ones are counted and dropped there) and routed
-here; reports, credentials, progress and results go out through the session's outbox. Results
-travel through the journal's durable outbox first, so a crash between finishing a job and the
-broker's acknowledgement re-sends the result at the next start instead of losing it.
+It constructs no adapter: `agent.factory.build_agent` chooses them and hands them over as
+`AgentParts`. Inbound commands are decoded by the session (bad ones are counted and dropped there)
+and routed here; reports, credentials, progress and results go out through the session's outbox.
+Results travel through the journal's durable outbox first, so a crash between finishing a job and
+the broker's acknowledgement re-sends the result at the next start instead of losing it.
 """
 
 from __future__ import annotations
@@ -11,19 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
-import httpx
 import structlog
-from bleak.backends.client import BaseBleakClient
-from bleak.backends.scanner import BaseBleakScanner
 from prometheus_client import CollectorRegistry
 
-from agent.artifacts import ArtifactCache, ArtifactFetcher, DownloadPolicy
-from agent.ble_discovery import BleDiscovery
-from agent.device_link import DeviceLink, configured_serial_link, serial_identity
+from agent.artifacts import ArtifactFetcher
+from agent.device_link import DeviceLink
 from agent.discovery import Inventory
 from agent.errors import ConfigError
 from agent.inventory import KnownDevice, ReportSequencer
@@ -32,7 +30,7 @@ from agent.journal import Journal
 from agent.metrics import AgentCollector
 from agent.ota import JobSettings
 from agent.session import SessionCounters
-from agent.settings import AgentSettings, SerialDevice, UdpDevice
+from agent.settings import AgentSettings
 from schemas import (
     CancelJob,
     GatewayId,
@@ -48,9 +46,8 @@ from schemas import (
     channels,
     is_valid_id,
 )
-from service_runtime.epoch import EpochCounter
 from service_runtime.errors import MqttError
-from service_runtime.mqtt import Inbound, MqttSession, MqttSettings, Outbound, Subscription, TlsSettings
+from service_runtime.mqtt import Inbound, Outbound, Subscription
 from service_runtime.mqtt_metrics import MqttMetrics
 from service_runtime.systemd import SystemdNotifier
 
@@ -59,23 +56,23 @@ log = structlog.get_logger("mcufleet.agent")
 AGENT_VERSION = "0.1.0"
 
 
-@dataclass(frozen=True, slots=True)
-class BleBackends:
-    """bleak backends to use instead of the platform's (None: BlueZ on Linux)."""
-
-    scanner: type[BaseBleakScanner] | None = None
-    client: type[BaseBleakClient] | None = None
-
-
 class GatewayPresencePayloads:
     """Birth, will and goodbye of this gateway."""
 
-    def __init__(self, tree: TopicTree, gateway_id: GatewayId, site: str, count: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        tree: TopicTree,
+        gateway_id: GatewayId,
+        site: str,
+        count: Callable[[], int],
+        *,
+        started_at: datetime,
+    ) -> None:
         self.topic = tree.topic(TopicKind.GATEWAY_PRESENCE, gateway_id=gateway_id)
         self._gateway_id = gateway_id
         self._site = site
         self._count = count
-        self._started_at = datetime.now(UTC)
+        self._started_at = started_at
 
     def _presence(self, epoch: int, online: bool, cause: OfflineCause) -> bytes:
         return channels.encode(
@@ -104,74 +101,107 @@ class GatewayPresencePayloads:
         return self._presence(epoch, False, OfflineCause.SHUTDOWN)
 
 
-class AgentService:
-    """One gateway agent. `run()` until `stop()`."""
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """Wall-clock time (timestamps in messages) and monotonic time (intervals), injectable."""
 
-    def __init__(
-        self,
-        settings: AgentSettings,
-        *,
-        registry: CollectorRegistry,
-        http: httpx.AsyncClient,
-        make_udp_link: Callable[[UdpDevice, SessionCounters], DeviceLink],
-        make_serial_link: Callable[[SerialDevice, SessionCounters], DeviceLink] | None = None,
-        notifier: SystemdNotifier | None = None,
-        ble_backends: BleBackends | None = None,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if not is_valid_id(settings.gateway_id):
-            raise ConfigError(
-                f"gateway_id {settings.gateway_id!r} is not a valid id (letters, digits, ._:@-)"
-            )
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    monotonic: Callable[[], float] = time.monotonic
+
+
+class AgentMqtt(Protocol):
+    """What the service needs of its MQTT session (`MqttSession`, or an in-memory fake in tests)."""
+
+    connected: asyncio.Event
+    """Set while connected, subscribed and born."""
+
+    def publish(self, message: Outbound) -> None:
+        """Queue a message for the broker.
+
+        Raises:
+            MqttError: the outbox is full.
+        """
+        ...
+
+    async def run(self) -> None:
+        """Keep the session up until `stop()`."""
+        ...
+
+    async def stop(self) -> None:
+        """Say goodbye and end `run()`."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class MqttHooks:
+    """What the service hands its MQTT session: what to subscribe, whom to call, what to announce."""
+
+    tree: TopicTree
+    subscriptions: tuple[Subscription, ...]
+    handler: Callable[[Inbound], Awaitable[None]]
+    presence: GatewayPresencePayloads
+    on_connected: Callable[[int], None]
+
+
+class DeviceFinder(Protocol):
+    """A discovery source that runs beside the inventory and adds endpoints to it (BLE scanning)."""
+
+    async def run(self) -> None:
+        """Discover until canceled."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AgentParts:
+    """The adapters an AgentService is assembled from; `agent.factory.build_agent` chooses them."""
+
+    journal: Journal
+    fetcher: ArtifactFetcher
+    endpoints: tuple[tuple[DeviceLink, Transport], ...]
+    """The configured devices' links, with their transport kind."""
+    smp_counters: SessionCounters
+    """Shared by every link's sessions (a process's SMP totals)."""
+    make_mqtt: Callable[[MqttHooks], AgentMqtt]
+    registry: CollectorRegistry
+    mqtt_metrics: MqttMetrics
+    make_finder: Callable[[Inventory], DeviceFinder] | None = None
+    notifier: SystemdNotifier = field(default_factory=lambda: SystemdNotifier({}))
+    clock: Clock = field(default_factory=Clock)
+
+
+def gateway_id_of(settings: AgentSettings) -> GatewayId:
+    """The configured gateway id, checked.
+
+    Raises:
+        ConfigError: the id is not a valid contract id.
+    """
+    if not is_valid_id(settings.gateway_id):
+        raise ConfigError(f"gateway_id {settings.gateway_id!r} is not a valid id (letters, digits, ._:@-)")
+    return GatewayId(settings.gateway_id)
+
+
+class AgentService:
+    """One gateway agent. `run()` until `stop()`; built by `agent.factory.build_agent`."""
+
+    def __init__(self, settings: AgentSettings, parts: AgentParts) -> None:
+        """Join the parts to the agent's cores (inventory, job runner); constructs no adapter."""
         self.settings = settings
-        self.gateway_id = GatewayId(settings.gateway_id)
+        self.gateway_id = gateway_id_of(settings)
         self.tree = TopicTree(settings.mqtt.topic_prefix)
+        now, monotonic = parts.clock.now, parts.clock.monotonic
         self._now = now
-        self._notifier = notifier or SystemdNotifier({})
-        state = settings.state_path
-        state.mkdir(parents=True, exist_ok=True)
-        self.journal = Journal(state / "journal.sqlite3")
+        self._notifier = parts.notifier
+        self.journal = parts.journal
         self.sequencer = ReportSequencer(self.gateway_id)
         self.inventory = Inventory(
             settings.discovery, on_change=self._publish_device, now=now, monotonic=monotonic
         )
-        self.smp_counters = SessionCounters()
+        self.smp_counters = parts.smp_counters
         """Totals over every SMP session of this agent (requests, timeouts, malformed replies)."""
-        for device in settings.udp_devices:
-            self.inventory.add_endpoint(make_udp_link(device, self.smp_counters), Transport.UDP)
-        timeout_s = settings.discovery.smp_timeout_s
-        for serial_device in settings.serial_devices:
-            link = (
-                make_serial_link(serial_device, self.smp_counters)
-                if make_serial_link is not None
-                else configured_serial_link(serial_device, timeout_s=timeout_s, counters=self.smp_counters)
-            )
-            self.inventory.add_endpoint(link, Transport.SERIAL, identity=serial_identity(serial_device))
-        self.ble: BleDiscovery | None = None
-        if settings.ble.enabled:
-            backends = ble_backends or BleBackends()
-            self.ble = BleDiscovery(
-                settings.ble,
-                self.inventory,
-                smp_timeout_s=settings.discovery.smp_timeout_s,
-                smp_counters=self.smp_counters,
-                scanner_backend=backends.scanner,
-                client_backend=backends.client,
-            )
-        downloads = settings.downloads
-        self.fetcher = ArtifactFetcher(
-            ArtifactCache(state / "artifacts", downloads.cache_max_bytes),
-            DownloadPolicy(
-                allowed_hosts=downloads.allowed_hosts,
-                allow_http=downloads.allow_http,
-                allow_private_addresses=downloads.allow_private_addresses,
-                max_artifact_bytes=downloads.max_artifact_bytes,
-                connect_timeout_s=downloads.connect_timeout_s,
-                read_timeout_s=downloads.read_timeout_s,
-            ),
-            http,
-        )
+        for link, transport in parts.endpoints:
+            self.inventory.add_endpoint(link, transport)
+        self.ble = None if parts.make_finder is None else parts.make_finder(self.inventory)
+        self.fetcher = parts.fetcher
         jobs = settings.jobs
         self.runner = JobRunner(
             self.gateway_id,
@@ -195,33 +225,24 @@ class AgentService:
             now=now,
             monotonic=monotonic,
         )
-        self.mqtt_metrics = MqttMetrics(registry)
-        registry.register(AgentCollector(self))
-        mqtt = settings.mqtt
-        tls = TlsSettings(mqtt.ca_file, mqtt.cert_file, mqtt.key_file) if mqtt.ca_file else None
-        self.session = MqttSession(
-            MqttSettings(
-                mqtt.host,
-                mqtt.port,
-                client_id=settings.gateway_id,
-                username=mqtt.username or settings.gateway_id,
-                password=mqtt.password,
-                tls=tls,
-                keepalive_s=mqtt.keepalive_s,
-                session_expiry_s=mqtt.session_expiry_s,
-                outbox_limit=mqtt.outbox_limit,
-            ),
-            tree=self.tree,
-            subscriptions=[
-                Subscription(self.tree.topic(TopicKind.GATEWAY_COMMAND, gateway_id=self.gateway_id))
-            ],
-            handler=self._on_message,
-            metrics=self.mqtt_metrics,
-            presence=GatewayPresencePayloads(
-                self.tree, self.gateway_id, settings.site, lambda: len(self.inventory.devices)
-            ),
-            epochs=EpochCounter(state / "epoch"),
-            on_connected=self._on_connected,
+        self.mqtt_metrics = parts.mqtt_metrics
+        parts.registry.register(AgentCollector(self))
+        self.session = parts.make_mqtt(
+            MqttHooks(
+                tree=self.tree,
+                subscriptions=(
+                    Subscription(self.tree.topic(TopicKind.GATEWAY_COMMAND, gateway_id=self.gateway_id)),
+                ),
+                handler=self._on_message,
+                presence=GatewayPresencePayloads(
+                    self.tree,
+                    self.gateway_id,
+                    settings.site,
+                    lambda: len(self.inventory.devices),
+                    started_at=now(),
+                ),
+                on_connected=self._on_connected,
+            )
         )
         self._in_flight_rows: set[int] = set()
         self._stop = asyncio.Event()

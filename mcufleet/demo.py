@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
-from agent.device_link import udp_link
+from agent.factory import build_agent
 from agent.service import AgentService
 from agent.settings import AgentSettings, DiscoveryConfig, DownloadConfig, JobsConfig, LogConfig, UdpDevice
 from agent.settings import MetricsConfig as AgentMetrics
@@ -213,12 +213,7 @@ async def world(
 @contextlib.asynccontextmanager
 async def _agent(settings: AgentSettings, http: httpx.AsyncClient) -> AsyncIterator[AgentService]:
     registry = CollectorRegistry()
-    service = AgentService(
-        settings,
-        registry=registry,
-        http=http,
-        make_udp_link=lambda d, counters: udp_link(d.host, d.port, timeout_s=1.5, counters=counters),
-    )
+    service = build_agent(settings, http=http, registry=registry)
     metrics = MetricsServer(registry, "127.0.0.1", settings.metrics.port)
     metrics.start()
     task = asyncio.create_task(service.run(), name=f"agent-{settings.gateway_id}")

@@ -24,8 +24,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
-from agent.device_link import DeviceLink
-from agent.service import AgentService
+from agent.factory import build_agent
 from agent.settings import AgentSettings
 from controller.memfault import MemfaultClient, MemfaultSettings
 from controller.service import ControllerService
@@ -310,10 +309,6 @@ def registry_names(registries: Iterable[CollectorRegistry]) -> set[str]:
     return {name for registry in registries for family in registry.collect() for name in sample_names(family)}
 
 
-def _no_udp_device(*_: Any) -> DeviceLink:
-    raise AssertionError("no UDP device is configured, so no link is ever made")
-
-
 @contextlib.asynccontextmanager
 async def service_registries(state_dir: Path) -> AsyncIterator[tuple[CollectorRegistry, CollectorRegistry]]:
     """The registries of a real agent and a real controller, built as their CLIs build them.
@@ -326,11 +321,10 @@ async def service_registries(state_dir: Path) -> AsyncIterator[tuple[CollectorRe
     store_url = f"sqlite:///{state_dir / 'controller.sqlite3'}"
     unused = "http://127.0.0.1:9"
     async with httpx.AsyncClient() as http:
-        AgentService(
+        build_agent(
             AgentSettings(gateway_id="gw-names", state_dir=str(state_dir / "agent")),
-            registry=agent_registry,
             http=http,
-            make_udp_link=_no_udp_device,
+            registry=agent_registry,
         )
         store = open_store(store_url)
         try:

@@ -14,10 +14,8 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
-from prometheus_client import CollectorRegistry
 
-from agent.device_link import udp_link
-from agent.service import AgentService, BleBackends
+from agent.factory import BleBackends, Transports, build_agent
 from agent.settings import BleConfig
 from schemas import JobOutcome, ReasonCode, Transport
 from simulator.cloud import CloudEmulator
@@ -65,12 +63,10 @@ async def test_update_over_simulated_ble(broker: MosquittoBroker, tmp_path: Path
             ble=BleConfig(enabled=True, adapters=("hci0",), max_links_per_adapter=2),
         )
         with peripherals(dict(devices.endpoints)) as addresses:
-            service = AgentService(
+            service = build_agent(
                 settings,
-                registry=CollectorRegistry(),
                 http=http,
-                make_udp_link=lambda device, counters: udp_link(device.host, device.port, counters=counters),
-                ble_backends=BleBackends(scanner=SimulatedScanner, client=SimulatedGattClient),
+                transports=Transports(ble=BleBackends(scanner=SimulatedScanner, client=SimulatedGattClient)),
             )
             task = asyncio.create_task(service.run())
             try:

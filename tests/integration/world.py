@@ -22,6 +22,7 @@ import msgspec
 from prometheus_client import CollectorRegistry
 
 from agent.device_link import DeviceLink, udp_link
+from agent.factory import build_agent
 from agent.service import AgentService
 from agent.settings import (
     AgentSettings,
@@ -103,14 +104,7 @@ async def running_agent(
 ) -> AsyncIterator[AgentService]:
     """An AgentService running in this process until the block ends."""
     async with httpx.AsyncClient(follow_redirects=False) as http:
-        service = AgentService(
-            settings,
-            registry=registry or CollectorRegistry(),
-            http=http,
-            make_udp_link=lambda device, counters: udp_link(
-                device.host, device.port, timeout_s=1.0, counters=counters
-            ),
-        )
+        service = build_agent(settings, http=http, registry=registry or CollectorRegistry())
         task = asyncio.create_task(service.run())
         try:
             await asyncio.wait_for(service.session.connected.wait(), WAIT_S)
