@@ -16,7 +16,8 @@ from typing import Final
 
 IMAGE_MAGIC: Final = 0x96F3B83D
 HEADER: Final = struct.Struct("<IIHHII")
-SLOT_SIZE_BYTES: Final = 0x10000
+RAM_LOAD_FLAG: Final = 0x20
+SLOT_SIZE_BYTES: Final = 0x40000
 """Larger than any of these apps; without `--pad` it only bounds the image, it does not change it."""
 THUMB_BRANCH_TO_SELF: Final = b"\xfe\xe7"
 """`b .` in Thumb: a reset handler that never returns and never starts the app."""
@@ -29,9 +30,23 @@ def app_body(signed: bytes) -> tuple[int, bytes]:
     return header_bytes, signed[header_bytes : header_bytes + image_bytes]
 
 
-def sign(body: bytes, version: str, *, header_bytes: int, slot_size_bytes: int = SLOT_SIZE_BYTES) -> bytes:
+def ram_load_address(signed: bytes) -> int | None:
+    """Where MCUboot copies the image to run it (RAM-load builds such as the mps2 ones), if anywhere."""
+    _magic, load, _header, _protected, _size, flags = HEADER.unpack_from(signed)
+    return load if flags & RAM_LOAD_FLAG else None
+
+
+def sign(
+    body: bytes,
+    version: str,
+    *,
+    header_bytes: int,
+    load_address: int | None = None,
+    slot_size_bytes: int = SLOT_SIZE_BYTES,
+) -> bytes:
     """`imgtool sign` of `body` as version `version`, keyless, with the fixtures' options."""
     imgtool = Path(sys.executable).with_name("imgtool")
+    load = ["--load-addr", hex(load_address)] if load_address is not None else []
     with tempfile.TemporaryDirectory(prefix="mcufleet-imgtool-") as workdir:
         source, target = Path(workdir) / "app.bin", Path(workdir) / "signed.bin"
         source.write_bytes(body)
@@ -48,6 +63,7 @@ def sign(body: bytes, version: str, *, header_bytes: int, slot_size_bytes: int =
                 "0",
                 "--version",
                 version,
+                *load,
                 str(source),
                 str(target),
             ],
@@ -60,7 +76,7 @@ def sign(body: bytes, version: str, *, header_bytes: int, slot_size_bytes: int =
 def resign(signed: bytes, version: str) -> bytes:
     """The same app as `signed`, signed again as `version`."""
     header_bytes, body = app_body(signed)
-    return sign(body, version, header_bytes=header_bytes)
+    return sign(body, version, header_bytes=header_bytes, load_address=ram_load_address(signed))
 
 
 def hanging_app(signed: bytes, version: str, *, slot0_address: int) -> bytes:

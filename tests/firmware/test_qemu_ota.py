@@ -6,6 +6,7 @@ identity and verifies an update by the image state alone (slot 0 runs the target
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,14 +17,17 @@ import msgspec
 import pytest
 
 from agent.device_link import serial_link
+from agent.errors import TransportError
 from agent.firmware import inspect_image
 from agent.service import AgentService
+from agent.session import SmpSession
 from agent.settings import DiscoveryConfig, JobsConfig, SerialDevice
 from agent.smp import commands
+from agent.uploader import upload_image
 from schemas import JobOutcome, MemfaultAccess, ReasonCode, Transport
 from simulator.cloud import CloudEmulator
 from tests.firmware.fixtures import FirmwareBuild, build, fixture
-from tests.firmware.images import app_body, hanging_app, resign, sign
+from tests.firmware.images import app_body, hanging_app, ram_load_address, resign, sign
 from tests.firmware.qemu import QemuDevice, running_board
 from tests.harness.broker import MosquittoBroker
 from tests.integration.world import (
@@ -40,11 +44,10 @@ from tests.integration.world import (
 pytestmark = pytest.mark.integration
 
 M0: Final = "zephyr_4.4.0_smp_server_0eae053d_qemu_cortex_m0_serial.merged.hex"
-M0_SIGNED: Final = "zephyr_4.4.0_smp_server_0eae053d_qemu_cortex_m0_serial.signed.bin"
 M0_READY: Final = "smp_sample: build time"
 M0_SLOT0_ADDRESS: Final = 0x8000
+MPS2_512: Final = "zephyr_4.4.0_smp_server_0eae053d_mps2_an385_serial_recovery_buf512.hex"
 MPS2_1024: Final = "zephyr_4.4.0_smp_server_0eae053d_mps2_an385_serial_recovery_buf1024.hex"
-MPS2_1024_SIGNED: Final = "zephyr_4.4.0_smp_server_0eae053d_mps2_an385_serial_recovery_buf1024.signed.bin"
 JOB_WAIT_S: Final = 180.0
 
 
@@ -74,9 +77,7 @@ class World:
 
 
 @contextlib.asynccontextmanager
-async def serial_world(
-    broker: MosquittoBroker, tmp_path: Path, board: QemuDevice, *, window: int | None = None
-) -> AsyncIterator[World]:
+async def serial_world(broker: MosquittoBroker, tmp_path: Path, board: QemuDevice) -> AsyncIterator[World]:
     """An agent configured with the board as its one `[[serial_devices]]` entry, the board reported."""
     base = agent_settings("gw-serial", broker, tmp_path / "agent", [])
     settings = msgspec.structs.replace(
@@ -85,7 +86,6 @@ async def serial_world(
         discovery=DiscoveryConfig(refresh_interval_s=60.0, retry_interval_s=0.5, smp_timeout_s=2.0),
         jobs=JobsConfig(first_chunk_timeout_s=20.0, chunk_timeout_s=3.0, reboot_timeout_s=60.0),
     )
-    del window
     async with CloudEmulator() as cloud, controller_probe(broker) as probe, running_agent(settings) as agent:
         serial = f"serial:{board.url.removeprefix('socket://')}"
         await probe.wait_for(lambda: serial in probe.reports, JOB_WAIT_S)
@@ -113,11 +113,13 @@ def running(slots: list[commands.SlotState]) -> commands.SlotState:
     return next(s for s in slots if s.image == 0 and s.slot == 0)
 
 
-def test_imgtool_reproduces_the_fixture_image_byte_for_byte() -> None:
+@pytest.mark.parametrize("artifact", [M0, MPS2_1024])
+def test_imgtool_reproduces_the_fixture_image_byte_for_byte(artifact: str) -> None:
     """Keyless `imgtool sign` with the fixture's options rebuilds signed.bin exactly."""
-    original = signed_app(build(M0))
+    original = signed_app(build(artifact))
     header_bytes, body = app_body(original)
-    assert sign(body, "0.0.0", header_bytes=header_bytes) == original
+    load_address = ram_load_address(original)
+    assert sign(body, "0.0.0", header_bytes=header_bytes, load_address=load_address) == original
     newer = resign(original, "1.1.0")
     assert newer != original and app_body(newer)[1] == body
 
@@ -224,3 +226,56 @@ async def test_a_link_drop_at_half_the_upload_resumes_from_the_device_offset(
     assert streamed[0].offset >= half - 4 * 380, streamed[0]
     assert sum(u.data_bytes for u in streamed) < len(image) - half + 4 * 380
     assert running(slots).version == "1.3.0" and running(slots).confirmed
+
+
+@pytest.mark.parametrize("artifact", [MPS2_512, MPS2_1024])
+async def test_frames_fill_a_larger_buffer_on_mps2_and_the_image_boots(artifact: str) -> None:
+    """mps2-an385 with a 512- or 1024-byte buffer: the agent's upload fills buf_size - 4 and MCUboot boots it.
+
+    These builds RAM-load (MCUboot runs the newest valid slot; `test` and `confirm` answer rc 8), so
+    the agent's OTA flow, which test-boots and confirms, does not fit them yet: this drives the
+    agent's session and uploader over the serial link instead.
+    """
+    board_build = build(artifact)
+    image = resign(signed_app(board_build), "2.0.0")
+    async with running_board(board_build, ready_marker=None) as board:
+        session = await serial_link(board.url, timeout_s=5.0).connect()
+        try:
+            assert session.params is not None and session.params.buf_size == board_build.buf_size
+            assert session.transport.max_frame_bytes == board_build.buf_size - 4
+            report = await upload_image(session, image, upgrade=False, first_timeout_s=30.0)
+            staged = next(s for s in await _states(session) if s.slot == 1)
+            await session.request(commands.encode_reset)
+        finally:
+            await session.close()
+        booted = await _wait_for_active(board, "2.0.0")
+    assert report.window > 1 and report.frame_limit_bytes == board_build.buf_size - 4
+    assert board.relay.max_uploads_in_flight >= 2
+    sizes = [u.data_bytes for u in board.relay.uploads]
+    # The largest chunks fill the frame (less the SMP header and CBOR keys), never beyond it.
+    assert board_build.buf_size - 4 - 64 < max(sizes) < board_build.buf_size - 4, sizes[:5]
+    assert staged.hash_sha256 == inspect_image(image).image_hash
+    assert booted.confirmed and booted.hash_sha256 == inspect_image(image).image_hash
+
+
+async def _states(session: SmpSession) -> list[commands.SlotState]:
+    reply = await session.request(commands.encode_state_read)
+    return commands.parse_state(reply.raise_for_error())
+
+
+async def _wait_for_active(board: QemuDevice, version: str) -> commands.SlotState:
+    """The active slot once the board answers again after its reset.
+
+    These builds print nothing on the console, so there is no boot banner to await: poll.
+    """
+    async with asyncio.timeout(60.0):
+        while True:
+            with contextlib.suppress(TransportError):
+                session = await serial_link(board.url, timeout_s=1.0).connect(0.5)
+                try:
+                    active = next((s for s in await _states(session) if s.active), None)
+                finally:
+                    await session.close()
+                if active is not None and active.version == version:
+                    return active
+            await asyncio.sleep(0.2)
