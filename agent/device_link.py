@@ -1,5 +1,6 @@
 """How the agent reaches one device: build a transport, open a session, prove it answers."""
 
+import re
 from collections.abc import Callable
 from typing import Protocol
 
@@ -8,6 +9,8 @@ from agent.settings import SerialDevice
 from agent.transport.base import SmpTransport
 from agent.transport.serial import SerialTransport, port_name
 from agent.transport.udp import UdpTransport
+
+_NOT_IN_IDS = re.compile(r"[^A-Za-z0-9._:@-]")
 
 
 class DeviceLink(Protocol):
@@ -104,7 +107,7 @@ def serial_link(
 
 def serial_identity(device: SerialDevice) -> str:
     """The id a configured serial device is reported under when it has no group 128."""
-    return device.serial or f"serial:{port_name(device.url)}"
+    return device.serial or f"serial:{_NOT_IN_IDS.sub('-', port_name(device.url))}"[:128]
 
 
 def configured_serial_link(

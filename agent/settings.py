@@ -74,7 +74,7 @@ class SerialDevice(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     url: str
     """A device path (`/dev/serial/by-id/...`, `/dev/ttyACM0`) or a pyserial URL (`socket://host:port`)."""
-    serial: str = ""
+    serial: Annotated[str, msgspec.Meta(pattern=r"^([A-Za-z0-9][A-Za-z0-9._:@-]*)?$", max_length=128)] = ""
     """The id to report when the device has no group 128 (default `serial:<port name>`)."""
     baudrate: Annotated[int, msgspec.Meta(ge=300, le=12_000_000)] = 115_200
     line_length: Annotated[int, msgspec.Meta(ge=8, le=4096)] = 128

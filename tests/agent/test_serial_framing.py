@@ -134,3 +134,6 @@ def test_serial_devices_are_read_from_the_config_and_typos_refused(tmp_path: Pat
         load_config(AgentSettings, path, env_prefix="MCUFLEET_AGENT", environ={})
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"url": "/dev/ttyACM0", "line_length": 2}, SerialDevice)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"url": "/dev/ttyACM0", "serial": "has space/slash"}, SerialDevice)
+    assert serial_identity(SerialDevice(url="/dev/tty weird#1")) == "serial:tty-weird-1"
