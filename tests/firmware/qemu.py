@@ -33,7 +33,7 @@ from intelhex import IntelHex
 
 from agent.smp.frame import HEADER_SIZE, decode_header
 from agent.transport.serial import ConsoleFrameDecoder
-from tests.firmware.fixtures import FirmwareBuild, FirmwareMissing, fixtures_dir
+from tests.firmware.fixtures import FirmwareBuild, FirmwareMissing, fixture
 
 START_TIMEOUT_S: Final = 20.0
 GDB_CHUNK_BYTES: Final = 1024
@@ -73,6 +73,8 @@ class ConsoleRelay:
     bytes_to_device: int = 0
     bytes_dropped_while_booting: int = 0
     connections: int = 0
+    device_gone: bool = False
+    """QEMU closed the UART (it exited): nothing more will come."""
     upload_replies: int = 0
     max_uploads_in_flight: int = 0
     """The most upload requests the device had received and not yet answered (the window used)."""
@@ -91,9 +93,7 @@ def loader_segments(build: FirmwareBuild) -> list[Segment]:
         if not argument.startswith("loader,"):
             continue
         options = dict(option.split("=", 1) for option in argument.split(",")[1:])
-        path = fixtures_dir() / options["file"]
-        if not path.exists():
-            raise FirmwareMissing(f"{path} is missing: run `make firmware-deps`")
+        path = fixture(options["file"])
         if "addr" in options:
             segments.append(Segment(int(options["addr"], 0), path.read_bytes()))
             continue
@@ -266,6 +266,9 @@ class QemuDevice:
         """Wait until `predicate(relay)` holds (console lines, uploads seen)."""
         async with asyncio.timeout(timeout_s):
             while not predicate(self.relay):
+                if self.relay.device_gone:
+                    log = (self._workdir / "qemu.log").read_text(errors="replace")
+                    raise RuntimeError(f"QEMU exited: {log[-2000:]}")
                 self.relay.changed.clear()
                 await self.relay.changed.wait()
 
@@ -291,6 +294,8 @@ class QemuDevice:
             for frame in self._reply_decoder.feed(chunk):
                 if _is_upload(frame):
                     self.relay.upload_replies += 1
+        self.relay.device_gone = True
+        self.relay.note()
 
     def _console(self, chunk: bytes) -> None:
         self._line.extend(chunk)
