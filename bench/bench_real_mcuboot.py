@@ -14,6 +14,8 @@ Figures:
   `SMPSerialTransport` (fragmentation `Auto`: frames of `buf_size - 4`, one request at a time) bound
   to the same relay, as smpclient's own integration suite binds it to QEMU; median of `ROUNDS`.
 - `upload.real_mcuboot_agent_vs_smpclient`: the ratio (goal >= 3).
+- `upload.real_mcuboot_agent_window`, `upload.real_mcuboot_agent_rewinds`: diagnostics, the
+  uploader's window and how often it went back to the device's offset (median round).
 - `upload.real_mcuboot_failed_rounds`: diagnostic, uploads that timed out and were run again on a
   fresh board (once, smpclient's first chunk went unanswered for 30 s: smpclient's own suite notes
   that this emulated nRF51 can hang on multi-line transactions).
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import serial
@@ -31,7 +34,7 @@ from smpclient import SMPClient
 from smpclient.transport.serial import SMPSerialTransport
 
 from agent.device_link import serial_link
-from agent.uploader import upload_image
+from agent.uploader import UploadReport, upload_image
 from tests.firmware.fixtures import build, fixture
 from tests.firmware.images import resign
 from tests.firmware.qemu import running_board
@@ -57,8 +60,8 @@ class SocketSerialTransport(SMPSerialTransport):
         object.__setattr__(conn, "out_waiting", 0)
 
 
-async def agent_upload(url: str, image: bytes) -> float:
-    """Seconds the agent's uploader takes for `image`."""
+async def agent_upload(url: str, image: bytes) -> tuple[float, UploadReport]:
+    """Seconds the agent's uploader takes for `image`, and its report."""
     session = await serial_link(url, timeout_s=CHUNK_TIMEOUT_S).connect()
     try:
         started = time.perf_counter()
@@ -69,10 +72,10 @@ async def agent_upload(url: str, image: bytes) -> float:
     finally:
         await session.close()
     assert report.total_bytes == len(image)
-    return elapsed
+    return elapsed, report
 
 
-async def smpclient_upload(url: str, image: bytes) -> float:
+async def smpclient_upload(url: str, image: bytes) -> tuple[float, None]:
     """Seconds `SMPClient.upload()` takes for `image`."""
     client = SMPClient(SocketSerialTransport(), url)
     await client.connect()
@@ -87,7 +90,7 @@ async def smpclient_upload(url: str, image: bytes) -> float:
     finally:
         await client.disconnect()
     assert last == len(image)
-    return elapsed
+    return elapsed, None
 
 
 async def measure() -> dict[str, float]:
@@ -95,24 +98,35 @@ async def measure() -> dict[str, float]:
     board_build = build(BOARD)
     image = resign(fixture(SIGNED).read_bytes(), "1.1.0")
     seconds: dict[str, list[float]] = {"agent": [], "smpclient": []}
+    reports: list[tuple[float, UploadReport]] = []
     failed_rounds = 0
+    uploads: tuple[tuple[str, Callable[[str, bytes], Awaitable[tuple[float, UploadReport | None]]]], ...] = (
+        ("agent", agent_upload),
+        ("smpclient", smpclient_upload),
+    )
     for _ in range(ROUNDS):
-        for name, upload in (("agent", agent_upload), ("smpclient", smpclient_upload)):
+        for name, upload in uploads:
             while True:
                 async with running_board(board_build, ready_marker=READY_MARKER) as board:
                     try:
-                        seconds[name].append(await upload(board.url, image))
+                        elapsed, report = await upload(board.url, image)
+                        seconds[name].append(elapsed)
+                        if report is not None:
+                            reports.append((elapsed, report))
                         break
                     except TimeoutError:
                         failed_rounds += 1
                         if failed_rounds > MAX_FAILED_ROUNDS:
                             raise
+    median_report = sorted(reports, key=lambda pair: pair[0])[len(reports) // 2][1]
     agent = len(image) / statistics.median(seconds["agent"])
     smpclient = len(image) / statistics.median(seconds["smpclient"])
     return {
         "upload.real_mcuboot_agent_bytes_per_s": agent,
         "upload.real_mcuboot_smpclient_bytes_per_s": smpclient,
         "upload.real_mcuboot_agent_vs_smpclient": agent / smpclient,
+        "upload.real_mcuboot_agent_window": float(median_report.window),
+        "upload.real_mcuboot_agent_rewinds": float(median_report.rewinds),
         "upload.real_mcuboot_failed_rounds": float(failed_rounds),
     }
 
