@@ -15,7 +15,7 @@ from agent.smp import commands
 from agent.smp.frame import McumgrErr
 from schemas import MemfaultAccess, Transport
 from tests.firmware.fixtures import build
-from tests.firmware.native_sim import running_native_sim
+from tests.firmware.native_sim_serial import running_native_sim
 
 pytestmark = pytest.mark.integration
 
