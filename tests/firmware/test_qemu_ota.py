@@ -16,7 +16,7 @@ from typing import Final
 import msgspec
 import pytest
 
-from agent.device_link import serial_link
+from agent.device_link import serial_identity, serial_link
 from agent.errors import TransportError
 from agent.firmware import inspect_image
 from agent.service import AgentService
@@ -87,7 +87,7 @@ async def serial_world(broker: MosquittoBroker, tmp_path: Path, board: QemuDevic
         jobs=JobsConfig(first_chunk_timeout_s=20.0, chunk_timeout_s=3.0, reboot_timeout_s=60.0),
     )
     async with CloudEmulator() as cloud, controller_probe(broker) as probe, running_agent(settings) as agent:
-        serial = f"serial:{board.url.removeprefix('socket://')}"
+        serial = serial_identity(SerialDevice(url=board.url))
         await probe.wait_for(lambda: serial in probe.reports, JOB_WAIT_S)
         yield World(board, agent, probe, cloud, serial)
 
@@ -130,16 +130,15 @@ async def test_a_full_ota_over_serial_swaps_confirms_and_survives_a_reset(
     """Download, pipelined upload, test, reset, swap, confirm: success, and 1.1.0 stays after a reset."""
     board_build = build(M0)
     image = resign(signed_app(board_build), "1.1.0")
-    async with (
-        running_board(board_build, ready_marker=M0_READY) as board,
-        serial_world(broker, tmp_path, board) as world,
-    ):
-        report = world.probe.reports[world.serial]
+    async with running_board(board_build, ready_marker=M0_READY) as board:
+        async with serial_world(broker, tmp_path, board) as world:
+            report = world.probe.reports[world.serial]
+            release = serve_release(world.cloud, "1.1.0", image)
+            await run_job(world, "job-m0", release)
+            result = world.probe.results["job-m0"]
+        # The agent has stopped: the test's own session is now the line's only peer.
         assert report.transport is Transport.SERIAL and report.memfault is MemfaultAccess.NO_GROUP
         assert report.smp.buf_size == 384 and report.images[0].version == "0.0.0"
-        release = serve_release(world.cloud, "1.1.0", image)
-        await run_job(world, "job-m0", release)
-        result = world.probe.results["job-m0"]
         assert (result.outcome, result.reason, result.running_version) == (
             JobOutcome.SUCCEEDED,
             ReasonCode.OK,
@@ -170,24 +169,21 @@ async def test_an_image_that_never_starts_is_reverted_by_the_watchdog(
     board_build = build(M0)
     original = signed_app(board_build)
     image = hanging_app(original, "1.2.0", slot0_address=M0_SLOT0_ADDRESS)
-    async with (
-        running_board(board_build, ready_marker=M0_READY) as board,
-        serial_world(broker, tmp_path, board) as world,
-    ):
-        release = serve_release(world.cloud, "1.2.0", image)
-        world.probe.send("gw-serial", ota_command("job-hang", world.serial, release, deadline_s=600.0))
-        # MCUboot boots the test image, which never prints the app's banner: the watchdog fires.
-        await board.wait_for(lambda relay: any("Swap type: test" in line for line in relay.lines), JOB_WAIT_S)
-        await board.wait_for(
-            lambda relay: (
-                relay.lines[-1].startswith("I: Jumping to the first image slot")
-                and any("Swap type: test" in line for line in relay.lines)
-            ),
-            JOB_WAIT_S,
-        )
-        await board.watchdog_reset()
-        await world.probe.wait_for(lambda: "job-hang" in world.probe.results, JOB_WAIT_S)
-        result = world.probe.results["job-hang"]
+
+    def hung_after_the_swap(_: object) -> bool:
+        boot = board.last_boot()
+        swapped = any("Starting swap" in line for line in boot)
+        return swapped and boot[-1].startswith("I: Jumping to the first image slot")
+
+    async with running_board(board_build, ready_marker=M0_READY) as board:
+        async with serial_world(broker, tmp_path, board) as world:
+            release = serve_release(world.cloud, "1.2.0", image)
+            world.probe.send("gw-serial", ota_command("job-hang", world.serial, release, deadline_s=600.0))
+            # MCUboot swaps and jumps to the test image, which never starts: the watchdog fires.
+            await board.wait_for(hung_after_the_swap, JOB_WAIT_S)
+            await board.watchdog_reset()
+            await world.probe.wait_for(lambda: "job-hang" in world.probe.results, JOB_WAIT_S)
+            result = world.probe.results["job-hang"]
         slots = await slot_states(board)
     # Never a success: the job ends reverted (a failure outcome), with the reason and what booted.
     assert (result.outcome, result.reason) == (JobOutcome.REVERTED, ReasonCode.REVERTED), result
@@ -202,17 +198,15 @@ async def test_a_link_drop_at_half_the_upload_resumes_from_the_device_offset(
     board_build = build(M0)
     image = resign(signed_app(board_build), "1.3.0")
     half = len(image) // 2
-    async with (
-        running_board(board_build, ready_marker=M0_READY) as board,
-        serial_world(broker, tmp_path, board) as world,
-    ):
-        release = serve_release(world.cloud, "1.3.0", image)
-        world.probe.send("gw-serial", ota_command("job-drop", world.serial, release, deadline_s=600.0))
-        await board.wait_for(lambda relay: any(u.offset >= half for u in relay.uploads), JOB_WAIT_S)
-        connection = board.relay.uploads[-1].connection
-        board.drop_link()
-        await world.probe.wait_for(lambda: "job-drop" in world.probe.results, JOB_WAIT_S)
-        result = world.probe.results["job-drop"]
+    async with running_board(board_build, ready_marker=M0_READY) as board:
+        async with serial_world(broker, tmp_path, board) as world:
+            release = serve_release(world.cloud, "1.3.0", image)
+            world.probe.send("gw-serial", ota_command("job-drop", world.serial, release, deadline_s=600.0))
+            await board.wait_for(lambda relay: any(u.offset >= half for u in relay.uploads), JOB_WAIT_S)
+            connection = board.relay.uploads[-1].connection
+            board.drop_link()
+            await world.probe.wait_for(lambda: "job-drop" in world.probe.results, JOB_WAIT_S)
+            result = world.probe.results["job-drop"]
         slots = await slot_states(board)
     assert result.outcome is JobOutcome.SUCCEEDED, result.detail
     before = [u for u in board.relay.uploads if u.connection == connection]
