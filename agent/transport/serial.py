@@ -21,6 +21,7 @@ from typing import Final
 
 import serial
 import serial_asyncio_fast
+import structlog
 from smp import exceptions as smp_exceptions
 from smp import packet as smp_packet
 
@@ -36,6 +37,7 @@ DEFAULT_BUF_SIZE: Final = 128
 DEFAULT_BAUDRATE: Final = 115_200
 MAX_LINE_BYTES: Final = 4096
 """A longer run without a newline is console noise (or a hostile peer), not an SMP line."""
+log = structlog.get_logger("mcufleet.agent.serial")
 _START: Final = smp_packet.START_DELIMITER
 _CONTINUE: Final = smp_packet.CONTINUE_DELIMITER
 _DECODE_ERRORS: Final = (
@@ -131,7 +133,10 @@ def port_name(url: str) -> str:
 
 
 class _Lines(asyncio.Protocol):
-    def __init__(self, decoder: ConsoleFrameDecoder, on_frame: FrameHandler, on_close: CloseHandler) -> None:
+    def __init__(
+        self, url: str, decoder: ConsoleFrameDecoder, on_frame: FrameHandler, on_close: CloseHandler
+    ) -> None:
+        self._url = url
         self._decoder = decoder
         self._on_frame = on_frame
         self._on_close = on_close
@@ -141,8 +146,14 @@ class _Lines(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.detached:
             return
+        bad_before = self._decoder.counters.bad_frames
         for frame in self._decoder.feed(data):
             self._on_frame(frame)
+        if self._decoder.counters.bad_frames > bad_before:
+            # A corrupted or cut frame: its request times out and is retried by the session's caller.
+            log.warning(
+                "malformed SMP serial frame dropped", url=self._url, total=self._decoder.counters.bad_frames
+            )
 
     def eof_received(self) -> bool:
         return False
@@ -196,7 +207,7 @@ class SerialTransport:
             DeviceUnreachable: the port cannot be opened or the server refuses the connection.
         """
         self.decoder.reset()
-        protocol = _Lines(self.decoder, on_frame, on_close)
+        protocol = _Lines(self.url, self.decoder, on_frame, on_close)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._open_timeout_s):

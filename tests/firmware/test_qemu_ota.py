@@ -213,12 +213,14 @@ async def test_a_link_drop_at_half_the_upload_resumes_from_the_device_offset(
     after = [u for u in board.relay.uploads if u.connection > connection]
     assert before and after, "the drop did not interrupt the upload"
     # Resumed, not restarted: the new link opens with one first chunk (offset 0, the file's sha:
-    # Zephyr answers with the offset it holds), then streams on from about half, and about half the
-    # image is all that is sent again. A restart from zero would stream from offset 0 again.
+    # Zephyr answers with the offset it holds), then every request streams from about half on (a
+    # rewind goes back to the device's offset, which only grows). A restart from zero would stream
+    # offsets below half again and send the whole image a second time.
     assert after[0].offset == 0 and [u.offset for u in after].count(0) == 1, after[:3]
     streamed = after[1:]
-    assert streamed[0].offset >= half - 4 * 380, streamed[0]
-    assert sum(u.data_bytes for u in streamed) < len(image) - half + 4 * 380
+    # When the agent sent offset `half`, at most a window of requests (3 x 380 bytes) was unanswered.
+    assert min(u.offset for u in streamed) >= half - 4 * 380, streamed[:3]
+    assert sum(u.data_bytes for u in streamed) < len(image) - half // 2
     assert running(slots).version == "1.3.0" and running(slots).confirmed
 
 
