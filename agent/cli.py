@@ -39,7 +39,8 @@ def run(argv: Sequence[str]) -> int:
         return EXIT_CONFIG
     if args.check_config:
         sys.stdout.write(
-            f"configuration OK: gateway {settings.gateway_id}, {len(settings.udp_devices)} UDP devices\n"
+            f"configuration OK: gateway {settings.gateway_id}, {len(settings.udp_devices)} UDP devices, "
+            f"{len(settings.serial_devices)} serial devices\n"
         )
         return 0
     configure_logging(settings.log.level, json_lines=settings.log.json)

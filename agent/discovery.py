@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import structlog
 
-from agent.device_link import DeviceLink
+from agent.device_link import DeviceLink, TransportLink
 from agent.errors import AgentError
 from agent.inventory import KnownDevice, probe
 from agent.settings import DiscoveryConfig
@@ -49,6 +49,8 @@ class Endpoint:
     next_probe_at_s: float = 0.0
     last_heard_s: float | None = None
     failures: int = 0
+    identity: str | None = None
+    """The id to report when the device cannot say who it is (configured serial devices)."""
 
 
 @dataclass
@@ -117,13 +119,26 @@ class Inventory:
         async with lock:
             yield
 
-    def add_endpoint(self, link: DeviceLink, transport: Transport, rssi_dbm: int | None = None) -> None:
-        """Start tracking an endpoint (idempotent); it is probed at once if new."""
+    def add_endpoint(
+        self,
+        link: DeviceLink,
+        transport: Transport,
+        rssi_dbm: int | None = None,
+        *,
+        identity: str | None = None,
+    ) -> None:
+        """Start tracking an endpoint (idempotent); it is probed at once if new.
+
+        `identity` is the id reported for a device without group 128 (see `SerialDevice`); by
+        default the link's own, when it carries one.
+        """
+        if identity is None and isinstance(link, TransportLink):
+            identity = link.identity
         known = self._endpoints.get(link.address)
         if known is not None:
             known.rssi_dbm = rssi_dbm if rssi_dbm is not None else known.rssi_dbm
             return
-        self._endpoints[link.address] = Endpoint(link, transport, rssi_dbm)
+        self._endpoints[link.address] = Endpoint(link, transport, rssi_dbm, identity=identity)
         self._wakeup.set()
 
     def addresses_of(self, serial: str) -> list[str]:
@@ -168,7 +183,9 @@ class Inventory:
             async with lock or contextlib.nullcontext():
                 session = await endpoint.link.connect()
                 try:
-                    snapshot = await probe(session, endpoint.transport, endpoint.link.address)
+                    snapshot = await probe(
+                        session, endpoint.transport, endpoint.link.address, identity=endpoint.identity
+                    )
                 finally:
                     await session.close()
         except (AgentError, OSError) as error:

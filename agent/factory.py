@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.artifacts import ArtifactCache, ArtifactFetcher, DownloadPolicy, Resolver, system_resolver
 from agent.ble_discovery import BleDiscovery
-from agent.device_link import DeviceLink, udp_link
+from agent.device_link import DeviceLink, configured_serial_link, udp_link
 from agent.discovery import Inventory
 from agent.journal import Journal
 from agent.service import (
@@ -33,7 +33,7 @@ from agent.service import (
     gateway_id_of,
 )
 from agent.session import SessionCounters
-from agent.settings import AgentSettings, UdpDevice
+from agent.settings import AgentSettings, SerialDevice, UdpDevice
 from schemas import Transport
 from service_runtime.epoch import EpochCounter, FenceEpoch
 from service_runtime.mqtt import MqttSession, MqttSettings, TlsSettings
@@ -49,6 +49,7 @@ __all__ = [
     "broker_session",
     "build_agent",
     "configured_endpoints",
+    "serial_device_link",
     "udp_device_link",
 ]
 
@@ -69,6 +70,14 @@ def udp_device_link(device: UdpDevice, options: LinkOptions) -> DeviceLink:
     return udp_link(device.host, device.port, timeout_s=options.timeout_s, counters=options.counters)
 
 
+SerialLinkMaker = Callable[[SerialDevice, LinkOptions], DeviceLink]
+
+
+def serial_device_link(device: SerialDevice, options: LinkOptions) -> DeviceLink:
+    """The production link to a `[[serial_devices]]` entry: SMP over a serial line or serial server."""
+    return configured_serial_link(device, timeout_s=options.timeout_s, counters=options.counters)
+
+
 @dataclass(frozen=True, slots=True)
 class BleBackends:
     """bleak backends to use instead of the platform's (None: BlueZ on Linux)."""
@@ -82,6 +91,7 @@ class Transports:
     """How the agent reaches devices: one link maker per configured transport kind."""
 
     udp: UdpLinkMaker = udp_device_link
+    serial: SerialLinkMaker = serial_device_link
     ble: BleBackends = field(default_factory=BleBackends)
 
 
@@ -90,6 +100,9 @@ def configured_endpoints(
 ) -> tuple[tuple[DeviceLink, Transport], ...]:
     """A link for every device listed in the config, with its transport kind (BLE is discovered)."""
     endpoints = [(transports.udp(device, options), Transport.UDP) for device in settings.udp_devices]
+    endpoints += [
+        (transports.serial(device, options), Transport.SERIAL) for device in settings.serial_devices
+    ]
     return tuple(endpoints)
 
 

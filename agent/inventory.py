@@ -52,12 +52,16 @@ class DeviceSnapshot:
     slots: tuple[commands.SlotState, ...]
     params: commands.McumgrParams | None
     error: str = ""
+    identity: str | None = None
+    """The id configured for a device that cannot say who it is (no group 128), if any."""
 
     @property
     def serial(self) -> str:
-        """The device's serial, or a fallback id derived from its address."""
+        """The device's serial, else its configured identity, else a fallback id from its address."""
         if self.info is not None and is_valid_id(self.info.device_serial, 128):
             return self.info.device_serial
+        if self.identity is not None and is_valid_id(self.identity, 128):
+            return self.identity
         return fallback_serial(self.transport, self.address)
 
     @property
@@ -66,10 +70,13 @@ class DeviceSnapshot:
         return self.access in (MemfaultAccess.OK, MemfaultAccess.NO_PROJECT_KEY) and self.info is not None
 
 
-async def probe(session: SmpSession, transport: Transport, address: str) -> DeviceSnapshot:
+async def probe(
+    session: SmpSession, transport: Transport, address: str, *, identity: str | None = None
+) -> DeviceSnapshot:
     """Read group 128 (info, key), the image state and the MCUmgr parameters from a device.
 
-    Errors of group 128 become the snapshot's access state; link errors propagate.
+    Errors of group 128 become the snapshot's access state; link errors propagate. `identity`
+    names the device when group 128 does not (a configured serial device).
     """
     access, info, key, error = MemfaultAccess.OK, None, None, ""
     try:
@@ -92,7 +99,7 @@ async def probe(session: SmpSession, transport: Transport, address: str) -> Devi
         slots = tuple(commands.parse_state(reply.raise_for_error()))
     except (SmpDeviceError, SmpRemoteError):
         slots = ()
-    return DeviceSnapshot(transport, address, access, info, key, slots, session.params, error[:200])
+    return DeviceSnapshot(transport, address, access, info, key, slots, session.params, error[:200], identity)
 
 
 @dataclass

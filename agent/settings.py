@@ -65,6 +65,26 @@ class UdpDevice(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: Port = 1337
 
 
+class SerialDevice(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A device reached with SMP over a serial line (UART, USB CDC ACM, or a serial server).
+
+    Identity: a device with Memfault group 128 is known by the serial it reports. One without
+    the group (rc 8) is reported with `memfault = "no_group"` under `serial` when it is set here,
+    else as `serial:<port name>` (`serial:ttyACM0`, `serial:127.0.0.1:4000`); an OTA command
+    addresses it by that same id.
+    """
+
+    url: str
+    """A device path (`/dev/serial/by-id/...`, `/dev/ttyACM0`) or a pyserial URL (`socket://host:port`)."""
+    serial: Annotated[str, msgspec.Meta(pattern=r"^([A-Za-z0-9][A-Za-z0-9._:@-]*)?$", max_length=128)] = ""
+    """The id to report when the device has no group 128 (default `serial:<port name>`)."""
+    baudrate: Annotated[int, msgspec.Meta(ge=300, le=12_000_000)] = 115_200
+    line_length: Annotated[int, msgspec.Meta(ge=8, le=4096)] = 128
+    """The longest console line the device accepts (`CONFIG_UART_MCUMGR_RX_BUF_SIZE`)."""
+    buf_size: Annotated[int, msgspec.Meta(ge=16, le=65_535)] | None = None
+    """The device's SMP buffer, for firmware that does not report its MCUmgr parameters."""
+
+
 class BleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Bluetooth LE discovery (BlueZ through bleak)."""
 
@@ -180,6 +200,7 @@ class AgentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log: LogConfig = LogConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
     udp_devices: tuple[UdpDevice, ...] = ()
+    serial_devices: tuple[SerialDevice, ...] = ()
     ble: BleConfig = BleConfig()
     jobs: JobsConfig = JobsConfig()
     downloads: DownloadConfig = DownloadConfig()

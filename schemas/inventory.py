@@ -14,6 +14,7 @@ class Transport(enum.StrEnum):
 
     BLE = "ble"
     UDP = "udp"
+    SERIAL = "serial"
 
 
 class MemfaultAccess(enum.StrEnum):
