@@ -179,12 +179,9 @@ async def _settle_one_or_more(
     done, _ = await asyncio.wait(
         in_flight, timeout=max(0.0, earliest - loop.time()), return_when=asyncio.FIRST_COMPLETED
     )
-    overtaken = 0
-    for future in _overtaken(in_flight, done):
-        chunk, _ = in_flight.pop(future)
-        session.forget_overtaken(future)
-        plan.on_lost(chunk)
-        overtaken += 1
+    # The answered requests go first: their offsets tell whether an overtaken one reached the
+    # device (only its reply was lost: nothing to resend) or was dropped (resend from the offset).
+    skipped = [(future, in_flight.pop(future)[0]) for future in _overtaken(in_flight, done)]
     for future in [future for future in in_flight if future in done]:  # in the order they were sent
         chunk, _ = in_flight.pop(future)
         try:
@@ -193,6 +190,10 @@ async def _settle_one_or_more(
             plan.on_lost(chunk)
             continue
         plan.on_ack(chunk, ack.off, ack.match)
+    for future, chunk in skipped:
+        session.forget_overtaken(future)
+        plan.on_lost(chunk)
+    overtaken = len(skipped)
     now = loop.time()
     for future, (chunk, deadline) in list(in_flight.items()):
         if deadline <= now and not future.done():

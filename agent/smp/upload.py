@@ -323,6 +323,8 @@ class UploadWindow:
         self._in_flight.discard(chunk)
         if self._phase is _Phase.DONE or chunk.generation != self._generation:
             return
+        if self._phase is _Phase.STREAMING and self._device_offset >= chunk.offset + chunk.size_bytes:
+            return  # the device has it (a later reply's offset covers it): only the reply was lost
         self.window.on_loss(chunk.epoch)
         self._restart(first=self._phase is _Phase.FIRST)
         self._count_stall(progressed=False)
