@@ -12,6 +12,7 @@ from simulator.device import BootOutcome, LinkProfile
 from simulator.fleet import DeviceSpec, Fleet
 from simulator.server import FleetServer
 from tests.harness.broker import MosquittoBroker
+from tests.harness.upload_trace import UploadTrace, assert_resumed
 from tests.integration.world import (
     FAST_FIRMWARE,
     HARDWARE,
@@ -48,6 +49,7 @@ async def test_sigkill_mid_upload_resumes_and_completes_once(broker: MosquittoBr
         FleetServer(fleet, base_host="127.0.0.1", port_per_device=True) as devices,
         controller_probe(broker) as probe,
     ):
+        trace = UploadTrace(devices, ["D1"])
         release = publish_release(cloud, "1.1.0", payload_size_bytes=96_000)
         settings = agent_settings("gw-1", broker, tmp_path / "state", list(devices.endpoints.values()))
         agent = ProcessUnderTest("agent", settings_document(settings), tmp_path / "agent")
@@ -68,6 +70,8 @@ async def test_sigkill_mid_upload_resumes_and_completes_once(broker: MosquittoBr
             await agent.kill()
             session = devices.device("D1").upload_session
             assert session is not None and 0 < session.offset < total  # the upload really was cut off
+            cut_at = session.offset
+            trace.mark("D1")
             await agent.start()
             await probe.wait_for(lambda: "job-1" in probe.results, timeout_s=60)
         finally:
@@ -80,3 +84,5 @@ async def test_sigkill_mid_upload_resumes_and_completes_once(broker: MosquittoBr
         p.bytes_done for p in probe.progress if p.job_id == "job-1" and p.phase == JobPhase.UPLOADING
     ]
     assert any(done > total // 3 for done in resumed_from)
+    # The restarted agent asked the device where it was and streamed on from there, not from zero.
+    assert_resumed(trace.since_mark("D1"), cut_at, SLOW_LINK.buf_count * SLOW_LINK.buf_size_bytes)

@@ -48,6 +48,7 @@ from simulator.device import BootOutcome, LinkProfile
 from simulator.fleet import DeviceSpec, Fleet
 from simulator.server import FleetServer
 from tests.harness.broker import MosquittoBroker
+from tests.harness.upload_trace import UploadTrace, assert_resumed
 from tests.integration.test_rollout_e2e import create_and_start, latest, registry_has
 from tests.integration.world import (
     FAST_FIRMWARE,
@@ -119,6 +120,7 @@ async def test_a_gateway_killed_mid_rollout_has_its_devices_rerouted(
         operator_client(broker) as client,
     ):
         release = publish_release(cloud, "1.1.0", payload_size_bytes=120_000)
+        trace = UploadTrace(devices, serials)
         endpoints = list(devices.endpoints.values())
         doomed_settings = agent_settings("gw-0", broker, tmp_path / "gw-0", endpoints)
         doomed_document = settings_document(doomed_settings)
@@ -134,6 +136,12 @@ async def test_a_gateway_killed_mid_rollout_has_its_devices_rerouted(
                 lambda: any(p.gateway_id == "gw-0" and p.bytes_done > 0 for p in probe.progress)
             )
             await doomed.kill()
+            cut_at: dict[str, int] = {}
+            for serial in serials:
+                session = devices.device(serial).upload_session
+                if session is not None and 0 < session.offset < len(release.image):
+                    cut_at[serial] = session.offset
+                    trace.mark(serial)
             state = await latest(
                 client, TopicKind.ROLLOUT_STATE, "r-route", lambda s: s.status is RolloutStatus.COMPLETED
             )
@@ -142,6 +150,11 @@ async def test_a_gateway_killed_mid_rollout_has_its_devices_rerouted(
     by_gateway = {r.gateway_id for r in probe.results.values() if r.outcome == "succeeded"}
     assert "gw-1" in by_gateway
     assert_everyone_updated_once(devices, serials)
+    # Uploads gw-0 left half done were resumed by gw-1 from the device's offset, not from zero.
+    assert cut_at, "gw-0 was killed with no upload half done"
+    slack = MEDIUM_LINK.buf_count * MEDIUM_LINK.buf_size_bytes
+    for serial, offset in cut_at.items():
+        assert_resumed(trace.since_mark(serial), offset, slack)
 
 
 async def test_controller_sigkill_mid_rollout_completes_after_restart(
