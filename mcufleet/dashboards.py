@@ -11,9 +11,7 @@ tests/deploy checks each one against the real registries, promtool, and a live P
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,8 @@ from grafana_foundation_sdk.builders import bargauge, piechart, prometheus, stat
 from grafana_foundation_sdk.builders.dashboard import Dashboard, QueryVariable
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh
+
+from mcufleet.generated_files import GeneratedFiles
 
 DEFAULT_DIRECTORY = Path("deploy/grafana/dashboards")
 DATASOURCE_UID = "mcufleet-prometheus"
@@ -307,46 +307,18 @@ def render(directory: Path) -> dict[Path, str]:
     }
 
 
-def export(directory: Path) -> list[Path]:
-    """Write the dashboards and remove stale ones; return the paths written."""
-    files = render(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in set(directory.glob("*.json")) - set(files):
-        stale.unlink()
-    for path, text in files.items():
-        path.write_text(text, encoding="utf-8")
-    return sorted(files)
-
-
-def drift(directory: Path) -> list[str]:
-    """Return a line per dashboard file that is missing, different or stale."""
-    files = render(directory)
-    problems = []
-    for path, text in sorted(files.items()):
-        if not path.exists():
-            problems.append(f"missing: {path}")
-        elif path.read_text(encoding="utf-8") != text:
-            problems.append(f"differs: {path}")
-    if directory.exists():
-        problems.extend(f"stale: {path}" for path in sorted(set(directory.glob("*.json")) - set(files)))
-    return problems
+DASHBOARD_FILES = GeneratedFiles(
+    name="dashboards",
+    source="mcufleet/dashboards.py",
+    default_directory=DEFAULT_DIRECTORY,
+    render=render,
+    json_directory=lambda directory: directory,
+    fix="`mcufleet dashboards export`",
+)
+export = DASHBOARD_FILES.export
+drift = DASHBOARD_FILES.drift
 
 
 def run(argv: Sequence[str]) -> int:
     """Entry point of `mcufleet dashboards`."""
-    parser = argparse.ArgumentParser(prog="mcufleet dashboards", description=__doc__)
-    parser.add_argument("action", choices=["export", "check"])
-    parser.add_argument("--dir", type=Path, default=DEFAULT_DIRECTORY, help="output directory")
-    args = parser.parse_args(argv)
-    if args.action == "export":
-        for path in export(args.dir):
-            sys.stdout.write(f"wrote {path}\n")
-        return 0
-    problems = drift(args.dir)
-    for line in problems:
-        sys.stderr.write(f"dashboard drift: {line}\n")
-    if problems:
-        sys.stderr.write("run `mcufleet dashboards export` and commit the result\n")
-        return 1
-    sys.stdout.write("dashboard files match mcufleet/dashboards.py\n")
-    return 0
+    return DASHBOARD_FILES.run(argv, __doc__)
