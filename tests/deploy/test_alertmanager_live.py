@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import shutil
-import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
@@ -41,6 +40,7 @@ from tests.deploy.test_prometheus_live import (
 )
 from tests.harness.broker import MosquittoBroker
 from tests.harness.ports import free_tcp_port
+from tests.harness.ready_process import ready_process
 from tests.integration.test_rollout_e2e import create_and_start, registry_has
 from tests.integration.world import (
     agent_settings,
@@ -145,39 +145,23 @@ async def running_alertmanager(
     if binary is None:
         pytest.fail("alertmanager not found: run `make test` (it installs prometheus-alertmanager)")
     address = f"127.0.0.1:{free_tcp_port()}"
+    argv = (
+        binary,
+        f"--config.file={alertmanager_config(tmp_path, webhook)}",
+        f"--storage.path={tmp_path / 'alertmanager-data'}",
+        f"--web.listen-address={address}",
+        "--cluster.listen-address=",
+    )
     log_path = tmp_path / "alertmanager.log"
-    with log_path.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            binary,
-            f"--config.file={alertmanager_config(tmp_path, webhook)}",
-            f"--storage.path={tmp_path / 'alertmanager-data'}",
-            f"--web.listen-address={address}",
-            "--cluster.listen-address=",
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-
-        async def ready() -> bool:
-            if process.returncode is not None:
-                raise AssertionError(f"alertmanager exited:\n{log_path.read_text(errors='replace')}")
-            with contextlib.suppress(httpx.TransportError):
-                return (await http.get(f"http://{address}/-/ready")).status_code == 200
-            return False
-
-        try:
-            await wait_until(ready, timeout_s=START_WAIT_S, poll_s=0.1)
-        except TimeoutError:
-            raise AssertionError(f"alertmanager not ready:\n{log_path.read_text(errors='replace')}") from None
+    async with ready_process(
+        "alertmanager",
+        argv,
+        log_path=log_path,
+        ready_url=f"http://{address}/-/ready",
+        http=http,
+        timeout_s=START_WAIT_S,
+    ):
         yield address
-    finally:
-        if process.returncode is None:
-            process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), 20)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
 
 
 def firing(alertname: str, **labels: str) -> Callable[[str, Notification], bool]:

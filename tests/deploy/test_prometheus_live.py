@@ -12,10 +12,8 @@ carry the labels its legend shows and its groupings name.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +42,7 @@ from tests.deploy.dashboards import (
 )
 from tests.harness.broker import MosquittoBroker
 from tests.harness.ports import free_tcp_port
+from tests.harness.ready_process import ready_process
 from tests.integration.test_rollout_e2e import create_and_start, registry_has
 from tests.integration.world import (
     TREE,
@@ -109,38 +108,22 @@ async def running_prometheus(
     config = prometheus_config(tmp_path, targets, alertmanager)
     port = free_tcp_port()
     base_url = f"http://127.0.0.1:{port}"
+    argv = (
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    )
     log_path = tmp_path / "prometheus.log"
-    with log_path.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-
-        async def ready() -> bool:
-            if process.returncode is not None:
-                raise AssertionError(f"prometheus exited:\n{log_path.read_text(errors='replace')}")
-            with contextlib.suppress(httpx.TransportError):
-                return (await http.get(f"{base_url}/-/ready")).status_code == 200
-            return False
-
-        try:
-            await wait_until(ready, timeout_s=START_WAIT_S, poll_s=0.1)
-        except TimeoutError:
-            raise AssertionError(f"prometheus not ready:\n{log_path.read_text(errors='replace')}") from None
+    async with ready_process(
+        "prometheus",
+        argv,
+        log_path=log_path,
+        ready_url=f"{base_url}/-/ready",
+        http=http,
+        timeout_s=START_WAIT_S,
+    ):
         yield base_url
-    finally:
-        if process.returncode is None:
-            process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), 20)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
 
 
 @contextlib.contextmanager
