@@ -36,16 +36,19 @@ A phase that times out records `..._completed_ratio` (how far it got) and the ru
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
 import multiprocessing
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event as StopEvent
 from pathlib import Path
@@ -125,8 +128,12 @@ FLEETS: Final = {
 MAKE_BENCH_FLEETS: Final = ("1k", "10k")
 
 
-def broker_config(port: int, workdir: Path) -> str:
-    """The shipped broker config with a plain-TCP loopback listener and this run's paths."""
+def broker_config(port: int, workdir: Path, overrides: Mapping[str, str] | None = None) -> str:
+    """The shipped broker config with a plain-TCP loopback listener and this run's paths.
+
+    `overrides` replace shipped options (diagnostics only: `python -m bench.bench_system --broker`).
+    """
+    changed = dict(overrides or {})
     dropped = (
         "listener",
         "protocol",
@@ -140,7 +147,8 @@ def broker_config(port: int, workdir: Path) -> str:
         "allow_anonymous",
         "persistence_location",
         "per_listener_settings",
-        "log_dest",
+        "user",
+        *changed,
     )
     kept = [
         line
@@ -153,7 +161,9 @@ def broker_config(port: int, workdir: Path) -> str:
             "per_listener_settings false",
             "allow_anonymous true",
             f"persistence_location {workdir / 'data'}/",
-            f"log_dest file {workdir / 'mosquitto.log'}",
+            *(f"{option} {value}" for option, value in changed.items()),
+            # As root, mosquitto would drop to user `mosquitto` and could not write this run's store.
+            *(["user root"] if os.geteuid() == 0 else []),
             f"listener {port} 127.0.0.1",
             "",
         ]
@@ -475,8 +485,14 @@ async def measure_rollout(
     return figures
 
 
-async def measure_fleet(size: FleetSize) -> dict[str, float]:
-    """Every figure of one fleet, in a world built and torn down for it."""
+async def measure_fleet(
+    size: FleetSize, keep_logs_in: Path | None = None, broker_overrides: Mapping[str, str] | None = None
+) -> dict[str, float]:
+    """Every figure of one fleet, in a world built and torn down for it.
+
+    Its logs (controller, broker, gateways) are copied into `keep_logs_in` when given;
+    `broker_overrides` change the shipped broker options (diagnostics).
+    """
     figures: dict[str, float] = {}
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix=f"bench-system-{size.label}-") as scratch:
@@ -484,7 +500,7 @@ async def measure_fleet(size: FleetSize) -> dict[str, float]:
         port = free_tcp_port()
         (workdir / "broker").mkdir()
         broker = MosquittoBroker(
-            workdir / "broker", port=port, config=broker_config(port, workdir / "broker")
+            workdir / "broker", port=port, config=broker_config(port, workdir / "broker", broker_overrides)
         )
         broker.start()
         cloud_port = free_tcp_port()
@@ -520,14 +536,25 @@ async def measure_fleet(size: FleetSize) -> dict[str, float]:
             if cloud.is_alive():
                 cloud.kill()
             broker.crash()
+            if keep_logs_in is not None:
+                _copy_logs(workdir, keep_logs_in)
     return figures
 
 
-def measure(labels: Sequence[str]) -> dict[str, float]:
+def _copy_logs(workdir: Path, destination: Path) -> None:
+    destination.mkdir(parents=True, exist_ok=True)
+    for log in (*workdir.glob("*.log"), *workdir.glob("broker/*.log")):
+        shutil.copy(log, destination / log.name)
+
+
+def measure(
+    labels: Sequence[str], keep_logs_in: Path | None = None, broker_overrides: Mapping[str, str] | None = None
+) -> dict[str, float]:
     """The figures of the named fleets, one after the other."""
     figures: dict[str, float] = {}
     for label in labels:
-        fleet_figures = asyncio.run(measure_fleet(FLEETS[label]))
+        logs = keep_logs_in / label if keep_logs_in is not None else None
+        fleet_figures = asyncio.run(measure_fleet(FLEETS[label], logs, broker_overrides))
         print(json.dumps(fleet_figures), file=sys.stderr, flush=True)
         figures |= fleet_figures
     figures["controller.system_duplicate_commands"] = sum(
@@ -542,16 +569,22 @@ def run() -> dict[str, float]:
 
 
 def main(argv: Sequence[str]) -> int:
-    """`python -m bench.bench_system 100k [...]`: measure the named fleets and merge the results."""
+    """`python -m bench.bench_system [100k ...]`: measure the named fleets and merge the results.
+
+    `--logs DIR` keeps every process's log; `--broker OPTION=VALUE` changes a shipped broker
+    option, for diagnostics only: such a run prints its figures and writes no results.
+    """
     from bench.__main__ import write_results  # noqa: PLC0415 (only the command line writes results)
 
-    labels = list(argv) or ["100k"]
-    unknown = [label for label in labels if label not in FLEETS]
-    if unknown:
-        sys.stderr.write(f"unknown fleet {unknown}: choose from {sorted(FLEETS)}\n")
-        return 2
-    figures = measure(labels)
-    write_results(figures, merge=True)
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_system")
+    parser.add_argument("fleets", nargs="*", default=["100k"], choices=sorted(FLEETS))
+    parser.add_argument("--logs", type=Path, default=None, help="copy every log into this directory")
+    parser.add_argument("--broker", action="append", default=[], help="OPTION=VALUE over the shipped conf")
+    args = parser.parse_args(argv)
+    overrides = dict(option.split("=", 1) for option in args.broker)
+    figures = measure(args.fleets, args.logs, overrides)
+    if not overrides:
+        write_results(figures, merge=True)
     for key, value in sorted(figures.items()):
         print(f"{key:55s} {value:.4g}")
     return 0
