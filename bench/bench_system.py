@@ -21,8 +21,9 @@ For each fleet (`1k`: 1,000 devices on 10 gateways, `10k`: 10,000 on 100, `100k`
   `..._rebirths` (rebirths the controller asked for) and `..._reports_per_device` (reports applied).
 - `controller.system_plan_<n>_cold_s`: a create request sent to its retained plan received (no
   release cached); `..._warm_s`: a preview request of the same rollout to its new plan received.
-  When the plan never arrives but the rollout state names it (a plan above the broker's size
-  limit), `..._state_s` is the time to that state and `..._published` is 0.
+  When no readable plan arrives but the rollout state names it (a plan above the broker's or the
+  contract's 256 KiB limit), `..._state_s` is the time to that state and `..._published` is 0;
+  `controller.system_plan_<n>_unreadable_bytes` is the size of a plan that came but was too large.
 - `controller.system_results_per_s_<n>`: job results turned into state per second, from the start
   request to the last change of the retained state's finished count (a single wave over the whole
   fleet, `MAX_IN_FLIGHT_PER_GATEWAY` jobs per gateway).
@@ -193,6 +194,8 @@ class Follower:
     """The retained plans and states of every rollout, with when each arrived (monotonic)."""
 
     plans: dict[str, list[tuple[float, RolloutPlan]]] = field(default_factory=dict)
+    plan_bytes: dict[str, int] = field(default_factory=dict)
+    """The largest plan message of each rollout, readable or not (over the contract's size limit)."""
     states: dict[str, tuple[float, RolloutState]] = field(default_factory=dict)
     finished_changed_at: dict[str, float] = field(default_factory=dict)
     controller_online: asyncio.Event = field(default_factory=asyncio.Event)
@@ -204,7 +207,10 @@ class Follower:
             return
         topic = message.topic.value
         now = time.monotonic()
-        kind = TREE.parse(topic).kind
+        route = TREE.parse(topic)
+        kind = route.kind
+        if kind is TopicKind.ROLLOUT_PLAN and route.rollout_id:
+            self.plan_bytes[route.rollout_id] = max(len(payload), self.plan_bytes.get(route.rollout_id, 0))
         decoded = channels.decode(kind, payload, topic)
         if isinstance(decoded, RolloutPlan):
             self.plans.setdefault(decoded.rollout_id, []).append((now, decoded))
@@ -445,6 +451,8 @@ async def measure_plan(
         if state_at is not None and time.monotonic() - state_at > PLAN_GRACE_S:
             figures[f"{key}_state_s"] = round(state_at - started, 2)
             figures[f"{key}_published"] = 0.0
+            if (unreadable := follower.plan_bytes.get(rollout_id)) is not None:
+                figures[f"controller.system_plan_{size.label}_unreadable_bytes"] = unreadable
             return figures
         await asyncio.sleep(0.05)
     figures[f"{key}_completed_ratio"] = 0.0
