@@ -29,7 +29,8 @@ For each fleet (`1k`: 1,000 devices on 10 gateways, `10k`: 10,000 on 100, `100k`
   fleet, `MAX_IN_FLIGHT_PER_GATEWAY` jobs per gateway).
 - `controller.system_duplicate_commands_<n>`: OTA commands the gateways received beyond one per
   device and target; `controller.system_duplicate_commands` sums it over the fleets of the run.
-A phase that times out records `..._completed_ratio` (how far it got) and the run goes on.
+A phase that times out records `..._completed_ratio` (how far it got; for ingest also the devices'
+and the credentials' ratios) and the run goes on.
 
 `make bench` runs the 1k and 10k fleets; `make bench-system` runs the 100k fleet alone
 (`python -m bench.bench_system 100k`), merging its figures into bench/results.json.
@@ -401,6 +402,8 @@ async def measure_ingest(world: World, figures: dict[str, float]) -> None:
         await asyncio.sleep(POLL_S)
     else:
         figures[f"{key}_completed_ratio"] = round(min(devices, credentials) / size.devices, 3)
+        figures[f"{key}_devices_ratio"] = round(devices / size.devices, 3)
+        figures[f"{key}_credentials_ratio"] = round(credentials / size.devices, 3)
     figures[f"{key}_rss_mb"] = round(world.controller_rss_mb(), 1)
     page = await _scrape(world.metrics_port)
     figures[f"{key}_rebirths"] = _metric(page, "mcufleet_controller_rebirths_requested_total")
