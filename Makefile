@@ -18,7 +18,7 @@ SMPCLIENT_SDIST := smpclient-7.3.0.tar.gz
 SMPCLIENT_SDIST_SHA256 := 86aa4bc1c621805d97f449793a4077f049aa88a98a1e916bf59423d072bd2a3b
 FIRMWARE_DIR := .cache/smpclient-7.3.0
 
-.PHONY: help venv system-deps firmware-deps node-deps smpmgr check lint typecheck imports test test-fast demo bench contract clean
+.PHONY: help venv system-deps firmware-deps node-deps smpmgr check lint typecheck imports test test-fast demo bench bench-system contract clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -104,6 +104,9 @@ demo: system-deps $(STAMP) ## run the whole system locally on embedded defaults
 
 bench: system-deps $(STAMP) ## run every benchmark, write bench/results.json and bench/results.md
 	$(BIN)/python -m bench
+
+bench-system: system-deps $(STAMP) ## the 100k-device system benchmark (about 30 min; merged into bench/results.json)
+	$(BIN)/python -m bench.bench_system 100k
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

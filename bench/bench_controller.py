@@ -30,16 +30,13 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from prometheus_client import CollectorRegistry
 
-from controller.memfault import MemfaultClient, MemfaultSettings
+from controller.factory import build_controller
 from controller.rollout_engine.effects import Dispatch
 from controller.rollout_engine.machine import RolloutMachine
 from controller.rollout_engine.model import Candidate, FlowView, GatewayLink
 from controller.rollout_engine.planner import plan_rollout
-from controller.service import ControllerService
 from controller.settings import ControllerSettings, MetricsConfig, MqttConfig, StoreConfig
-from controller.store.opening import open_store
 from schemas import FlowSpec, JobOutcome, ReasonCode, RolloutSpec, WaveSpec
 from tests.harness.broker import MosquittoBroker
 
@@ -204,16 +201,7 @@ async def controller_rate(broker: MosquittoBroker, workdir: Path) -> float:
         store=StoreConfig(url=url),
         metrics=MetricsConfig(enabled=False),
     )
-    store = open_store(url)
-    import httpx  # noqa: PLC0415 (only this path needs a client, for a Memfault never called)
-
-    async with httpx.AsyncClient() as http:
-        service = ControllerService(
-            settings,
-            store=store,
-            memfault=MemfaultClient(MemfaultSettings(), http),
-            registry=CollectorRegistry(),
-        )
+    async with build_controller(settings) as service:
         task = asyncio.create_task(service.run())
         await asyncio.wait_for(service.session.connected.wait(), 30)
         publisher = _publish(broker.port)
@@ -229,7 +217,6 @@ async def controller_rate(broker: MosquittoBroker, workdir: Path) -> float:
         await asyncio.to_thread(publisher.wait, 60)
         await service.stop()
         await task
-    store.db.close()
     return applied / max(last - first, 1e-9)
 
 

@@ -10,15 +10,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import httpx
 import structlog
 from prometheus_client import CollectorRegistry
 
 from controller.errors import ControllerError
-from controller.memfault import MemfaultClient, MemfaultSettings
-from controller.service import ControllerService
+from controller.factory import build_controller
 from controller.settings import ControllerSettings
-from controller.store.opening import open_store
 from service_runtime.config import load_config
 from service_runtime.errors import ServiceRuntimeError
 from service_runtime.logs import configure_logging
@@ -55,26 +52,10 @@ def run(argv: Sequence[str]) -> int:
 
 
 async def serve(settings: ControllerSettings) -> None:
-    """Build the controller from concrete adapters and run it until a termination signal."""
+    """Build the controller from its settings and run it until a termination signal."""
     registry = CollectorRegistry()
     metrics = MetricsServer(registry, settings.metrics.host, settings.metrics.port)
-    store = open_store(settings.store.url)
-    memfault_settings = MemfaultSettings(
-        base_url=settings.memfault.base_url,
-        cache_ttl_s=settings.memfault.cache_ttl_s,
-        max_concurrency=settings.memfault.max_concurrency,
-        requests_per_s=settings.memfault.requests_per_s,
-        timeout_s=settings.memfault.timeout_s,
-    )
-    limits = httpx.Limits(max_connections=settings.memfault.max_concurrency * 2)
-    async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
-        service = ControllerService(
-            settings,
-            store=store,
-            memfault=MemfaultClient(memfault_settings, http),
-            registry=registry,
-            notifier=SystemdNotifier(),
-        )
+    async with build_controller(settings, registry=registry, notifier=SystemdNotifier()) as service:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, lambda: asyncio.ensure_future(service.stop()))
@@ -84,4 +65,3 @@ async def serve(settings: ControllerSettings) -> None:
             await service.run()
         finally:
             metrics.stop()
-            store.db.close()

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiomqtt
-import httpx
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
@@ -31,13 +30,12 @@ from agent.service import AgentService
 from agent.settings import AgentSettings, DiscoveryConfig, DownloadConfig, JobsConfig, LogConfig, UdpDevice
 from agent.settings import MetricsConfig as AgentMetrics
 from agent.settings import MqttConfig as AgentMqtt
-from controller.memfault import MemfaultClient, MemfaultSettings
+from controller.factory import build_controller
 from controller.operator_cli import send_request
 from controller.service import ControllerService
 from controller.settings import ControllerSettings, MemfaultConfig, SchedulerConfig, StoreConfig
 from controller.settings import MetricsConfig as ControllerMetrics
 from controller.settings import MqttConfig as ControllerMqtt
-from controller.store.opening import open_store
 from mcufleet.local_broker import LocalBroker, free_port
 from schemas import (
     CreateRollout,
@@ -172,7 +170,6 @@ async def world(
         fleet = await stack.enter_async_context(
             FleetServer(build_fleet(devices), base_host="127.0.0.1", port_per_device=True)
         )
-        http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
         endpoints: list[str] = []
         serials = sorted(fleet.endpoints)
         for gateway in range(gateways):
@@ -199,7 +196,7 @@ async def world(
             endpoints.append(f"http://127.0.0.1:{port}/metrics  (agent gw-{gateway})")
         controller_port = free_port()
         controller = await stack.enter_async_context(
-            _controller(broker, cloud.base_url, workdir, controller_port, http)
+            _controller(broker, cloud.base_url, workdir, controller_port)
         )
         endpoints.insert(0, f"http://127.0.0.1:{controller_port}/metrics  (controller)")
         console.print(
@@ -227,35 +224,27 @@ async def _agent(settings: AgentSettings) -> AsyncIterator[AgentService]:
 
 @contextlib.asynccontextmanager
 async def _controller(
-    broker: LocalBroker, cloud_url: str, workdir: Path, port: int, http: httpx.AsyncClient
+    broker: LocalBroker, cloud_url: str, workdir: Path, port: int
 ) -> AsyncIterator[ControllerService]:
-    url = f"sqlite:///{workdir / 'controller.sqlite3'}"
     settings = ControllerSettings(
         controller_id="controller-1",
         mqtt=ControllerMqtt(host=broker.host, port=broker.port, username=""),
-        store=StoreConfig(url=url),
+        store=StoreConfig(url=f"sqlite:///{workdir / 'controller.sqlite3'}"),
         memfault=MemfaultConfig(base_url=cloud_url, requests_per_s=500.0),
         metrics=ControllerMetrics(port=port),
         scheduler=SchedulerConfig(tick_interval_s=0.25, throughput_bytes_per_s=30_000.0, reboot_s=3.0),
     )
     registry = CollectorRegistry()
-    store = open_store(url)
-    service = ControllerService(
-        settings,
-        store=store,
-        memfault=MemfaultClient(MemfaultSettings(base_url=cloud_url, requests_per_s=500.0), http),
-        registry=registry,
-    )
-    metrics = MetricsServer(registry, "127.0.0.1", port)
-    metrics.start()
-    task = asyncio.create_task(service.run(), name="controller")
-    try:
-        yield service
-    finally:
-        await service.stop()
-        await task
-        metrics.stop()
-        store.db.close()
+    async with build_controller(settings, registry=registry) as service:
+        metrics = MetricsServer(registry, "127.0.0.1", port)
+        metrics.start()
+        task = asyncio.create_task(service.run(), name="controller")
+        try:
+            yield service
+        finally:
+            await service.stop()
+            await task
+            metrics.stop()
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.samples import Sample
 
-from controller.memfault import MemfaultClient, MemfaultSettings, MemfaultStats
+from controller.factory import build_controller
+from controller.memfault import MemfaultClient, MemfaultStats
 from controller.metrics import (
     LATENCY_BUCKETS_S,
     MEMFAULT_STATUSES,
@@ -21,7 +22,6 @@ from controller.metrics import (
 from controller.releases import DeviceQuery
 from controller.service import ControllerService
 from controller.settings import ControllerSettings, MemfaultConfig, StoreConfig
-from controller.store.opening import open_store
 from schemas import GateVerdict, JobOutcome, ReasonCode, ReplyStatus, RolloutStatus
 
 
@@ -106,23 +106,15 @@ async def controller(
     clock = SteppingClock(0.3)
     registry = CollectorRegistry()
     store_url = f"sqlite:///{tmp_path / 'controller.sqlite3'}"
-    store = open_store(store_url)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(clock.handler)) as http:
-        memfault = MemfaultClient(MemfaultSettings(base_url="https://api.test"), http, clock=clock)
-        service = ControllerService(
-            ControllerSettings(
-                controller_id="controller-metrics",
-                store=StoreConfig(url=store_url),
-                memfault=MemfaultConfig(base_url="https://api.test"),
-            ),
-            store=store,
-            memfault=memfault,
-            registry=registry,
-        )
-        try:
-            yield service, clock, registry
-        finally:
-            store.db.close()
+    settings = ControllerSettings(
+        controller_id="controller-metrics",
+        store=StoreConfig(url=store_url),
+        memfault=MemfaultConfig(base_url="https://api.test"),
+    )
+    async with build_controller(
+        settings, registry=registry, memfault_transport=httpx.MockTransport(clock.handler), clock=clock
+    ) as service:
+        yield service, clock, registry
 
 
 def _samples(memfault: MemfaultClient) -> list[Sample]:

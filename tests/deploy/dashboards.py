@@ -22,17 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
 from agent.factory import build_agent
 from agent.settings import AgentSettings
-from controller.memfault import MemfaultClient, MemfaultSettings
-from controller.service import ControllerService
+from controller.factory import build_controller
 from controller.settings import ControllerSettings, MemfaultConfig, StoreConfig
-from controller.store.opening import open_store
 from mcufleet import dashboards
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -327,26 +324,17 @@ async def service_registries(state_dir: Path) -> AsyncIterator[tuple[CollectorRe
     agent_registry, controller_registry = CollectorRegistry(), CollectorRegistry()
     store_url = f"sqlite:///{state_dir / 'controller.sqlite3'}"
     unused = "http://127.0.0.1:9"
-    async with httpx.AsyncClient() as http:
-        build_agent(
-            AgentSettings(gateway_id="gw-names", state_dir=str(state_dir / "agent")),
-            registry=agent_registry,
-        )
-        store = open_store(store_url)
-        try:
-            ControllerService(
-                ControllerSettings(
-                    controller_id="controller-names",
-                    store=StoreConfig(url=store_url),
-                    memfault=MemfaultConfig(base_url=unused),
-                ),
-                store=store,
-                memfault=MemfaultClient(MemfaultSettings(base_url=unused), http),
-                registry=controller_registry,
-            )
-            yield agent_registry, controller_registry
-        finally:
-            store.db.close()
+    build_agent(
+        AgentSettings(gateway_id="gw-names", state_dir=str(state_dir / "agent")),
+        registry=agent_registry,
+    )
+    settings = ControllerSettings(
+        controller_id="controller-names",
+        store=StoreConfig(url=store_url),
+        memfault=MemfaultConfig(base_url=unused),
+    )
+    async with build_controller(settings, registry=controller_registry):
+        yield agent_registry, controller_registry
 
 
 async def exported_names(state_dir: Path) -> set[str]:

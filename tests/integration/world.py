@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import httpx
 import msgspec
 from prometheus_client import CollectorRegistry
 
@@ -34,7 +33,7 @@ from agent.settings import (
     MqttConfig,
     UdpDevice,
 )
-from controller.memfault import MemfaultClient, MemfaultSettings
+from controller.factory import build_controller
 from controller.service import ControllerService
 from controller.settings import (
     ControllerSettings,
@@ -47,7 +46,6 @@ from controller.settings import (
 )
 from controller.settings import MetricsConfig as ControllerMetrics
 from controller.settings import MqttConfig as ControllerMqtt
-from controller.store.opening import open_store
 from schemas import (
     Artifact,
     DeviceReport,
@@ -293,14 +291,7 @@ async def running_controller(
         scheduler=SchedulerConfig(**{"tick_interval_s": 0.2, "lease_ttl_s": 5.0, **scheduler}),
         operator_auth=operator_auth or OperatorAuthConfig(),
     )
-    store = open_store(store_url)
-    async with httpx.AsyncClient() as http:
-        service = ControllerService(
-            settings,
-            store=store,
-            memfault=MemfaultClient(MemfaultSettings(base_url=cloud_url, requests_per_s=1000.0), http),
-            registry=registry or CollectorRegistry(),
-        )
+    async with build_controller(settings, registry=registry) as service:
         task = asyncio.create_task(service.run())
         try:
             await asyncio.wait_for(service.session.connected.wait(), WAIT_S)
@@ -308,7 +299,6 @@ async def running_controller(
         finally:
             await service.stop()
             await asyncio.wait_for(task, WAIT_S)
-            store.db.close()
 
 
 @contextlib.asynccontextmanager
