@@ -111,6 +111,8 @@ class Inbound:
     retain: bool
     response_topic: str = ""
     correlation_data: bytes = b""
+    payload: bytes = b""
+    """The bytes `message` was decoded from (a durable inbox stores them instead of re-encoding)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,7 +411,7 @@ class MqttSession:
         self._metrics.received.labels(route.kind.value).inc()
         try:
             await self._handler(
-                Inbound(topic, route, decoded, message.retain, response_topic, correlation_data)
+                Inbound(topic, route, decoded, message.retain, response_topic, correlation_data, payload)
             )
         except Exception:  # A handler bug must not end the session; it is logged and counted.
             self._metrics.handler_errors.labels(route.kind.value).inc()
