@@ -10,10 +10,9 @@ import pytest
 from schemas import OtaCommand, TopicKind, channels
 from service_runtime.mqtt import Outbound, Subscription
 from tests.harness.broker import MosquittoBroker
-from tests.schemas.examples import example
+from tests.schemas.examples import GATEWAY, example
 from tests.service_runtime.test_mqtt_session import (
     COMMAND_TOPIC,
-    GATEWAY,
     TREE,
     WAIT_S,
     Recorder,
@@ -30,7 +29,7 @@ def numbered_command(number: int) -> bytes:
     """The example OTA command with job id `job-<number>`."""
     command = example(TopicKind.GATEWAY_COMMAND)
     assert isinstance(command, OtaCommand)
-    return channels.encode(msgspec.structs.replace(command, job_id=f"job-{number}"))  # type: ignore[arg-type]
+    return channels.encode(msgspec.structs.replace(command, job_id=f"job-{number}"))
 
 
 async def test_qos1_messages_are_sent_many_at_a_time_and_each_arrives_once_in_order(
