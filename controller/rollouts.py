@@ -63,6 +63,7 @@ from schemas import (
     TopicKind,
     TopicTree,
     channels,
+    paginate_plan,
 )
 from service_runtime.mqtt import Outbound
 
@@ -128,6 +129,8 @@ class RolloutCoordinator:
         self._plans_ready: dict[str, tuple[str, Exception | None]] = {}
         self._candidates: dict[str, list[Candidate]] = {}
         self._decoded: dict[int, object] = {}
+        self._plan_pages: dict[str, int] = {}
+        """Pages last published per rollout's plan (extra ones of an earlier plan are cleared)."""
         self._lease_epoch = 0
         self._refusals_audited: set[tuple[str, str, str]] = set()
 
@@ -595,8 +598,22 @@ class RolloutCoordinator:
         return saved
 
     def _publish_plan(self, plan: RolloutPlan) -> None:
+        """The summary and its pages (pages first: a reader seeing the summary finds them retained)."""
+        summary, pages = paginate_plan(plan)
+        for page in pages:
+            topic = self._tree.topic(
+                TopicKind.ROLLOUT_PLAN_PAGE, rollout_id=plan.rollout_id, page=str(page.page)
+            )
+            self._publish(Outbound(topic, channels.encode(page), qos=1, retain=True))
+        # Pages of a longer earlier plan would stay retained: an empty retained payload clears each.
+        for number in range(len(pages), self._plan_pages.get(plan.rollout_id, 0)):
+            topic = self._tree.topic(
+                TopicKind.ROLLOUT_PLAN_PAGE, rollout_id=plan.rollout_id, page=str(number)
+            )
+            self._publish(Outbound(topic, b"", qos=1, retain=True))
+        self._plan_pages[plan.rollout_id] = len(pages)
         plan_topic = self._tree.topic(TopicKind.ROLLOUT_PLAN, rollout_id=plan.rollout_id)
-        self._publish(Outbound(plan_topic, channels.encode(plan), qos=1, retain=True))
+        self._publish(Outbound(plan_topic, channels.encode(summary), qos=1, retain=True))
 
 
 def _rollout_of(request: OperatorRequest) -> RolloutId | None:

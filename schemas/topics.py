@@ -19,7 +19,7 @@ from schemas.inventory import DeviceCredential, DeviceReport
 from schemas.jobs import GatewayCommand, JobProgress, JobResult
 from schemas.operator import OperatorReply, OperatorRequest
 from schemas.presence import ControllerPresence, GatewayPresence
-from schemas.rollout import AuditEvent, RolloutPlan, RolloutState
+from schemas.rollout import AuditEvent, RolloutPlanPage, RolloutPlanSummary, RolloutState
 
 DEFAULT_PREFIX: Final = "mcufleet/v1"
 
@@ -38,6 +38,7 @@ class TopicKind(enum.StrEnum):
     OPERATOR_REPLY = "operator_reply"
     ROLLOUT_STATE = "rollout_state"
     ROLLOUT_PLAN = "rollout_plan"
+    ROLLOUT_PLAN_PAGE = "rollout_plan_page"
     AUDIT = "audit"
 
 
@@ -169,12 +170,22 @@ TOPICS: Final[tuple[TopicSpec, ...]] = (
     TopicSpec(
         TopicKind.ROLLOUT_PLAN,
         "rollout/{rollout_id}/plan",
-        RolloutPlan,
+        RolloutPlanSummary,
         1,
         True,
         Role.CONTROLLER,
         (Role.OPERATOR,),
-        "A rollout's plan (preview); starting names its plan id.",
+        "A rollout's plan (preview) without its device lists; starting names its plan id.",
+    ),
+    TopicSpec(
+        TopicKind.ROLLOUT_PLAN_PAGE,
+        "rollout/{rollout_id}/plan/{page}",
+        RolloutPlanPage,
+        1,
+        True,
+        Role.CONTROLLER,
+        (Role.OPERATOR,),
+        "One page of a plan's device lists (a wave's devices or the exclusions), under 256 KB each.",
     ),
     TopicSpec(
         TopicKind.AUDIT,
@@ -204,6 +215,7 @@ class Route:
     rollout_id: str | None = None
     request_id: str | None = None
     controller_id: str | None = None
+    page: str | None = None
 
 
 class TopicTree:

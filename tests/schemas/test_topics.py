@@ -14,6 +14,7 @@ IDS = {
     "rollout_id": "r-1",
     "request_id": "req.1",
     "controller_id": "ctl-a",
+    "page": "3",
 }
 
 
