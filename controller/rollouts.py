@@ -191,6 +191,9 @@ class RolloutCoordinator:
             effects = machine.tick(now, flow)
             if effects:
                 await self._carry_out(machine, effects, now, step)
+            elif machine.has_changes:
+                # A backoff released or a device still unheard: no effect, but its row changed.
+                step.changed.add(machine.rollout_id)
         return await self._save_and_publish(step, now, now_s)
 
     # --- inbox -------------------------------------------------------------------------------

@@ -143,6 +143,11 @@ class RolloutMachine:
             machine._plan_dirty = True
         return machine
 
+    @property
+    def has_changes(self) -> bool:
+        """Whether a device record or the plan changed since the last `take_changes()`."""
+        return self._plan_dirty or bool(self._dirty)
+
     def take_changes(self) -> RolloutChanges:
         """The header, the plan if it changed, and every device record changed since the last call."""
         header = _ENCODER.encode(msgspec.structs.replace(self._s, plan=None, devices={}, order=[]))

@@ -71,6 +71,8 @@ class FakeGateway:
     project_key: str
     tree: TopicTree
     version: str = "1.0.0"
+    echo_rollout_id: bool = True
+    """False: answer like an agent older than the rollout id in results (the controller looks it up)."""
     session: MqttSession | None = None
     commands: dict[str, int] = field(default_factory=dict)
     """OTA commands received per job id (more than 1 is a duplicate)."""
@@ -143,11 +145,12 @@ class FakeGateway:
     def _answer(self, command: OtaCommand) -> None:
         now = datetime.now(UTC)
         route = {"gateway_id": self.gateway_id, "job_id": command.job_id}
+        rollout_id = command.rollout_id if self.echo_rollout_id else None
         progress = JobProgress(
             gateway_id=self.gateway_id,  # type: ignore[arg-type]
             job_id=command.job_id,
             device_serial=command.device_serial,
-            rollout_id=command.rollout_id,
+            rollout_id=rollout_id,
             phase=JobPhase.UPLOADING,
             seq=1,
             at=now,
@@ -157,7 +160,7 @@ class FakeGateway:
             gateway_id=self.gateway_id,  # type: ignore[arg-type]
             job_id=command.job_id,
             device_serial=command.device_serial,
-            rollout_id=command.rollout_id,
+            rollout_id=rollout_id,
             attempt=command.attempt,
             outcome=JobOutcome.SUCCEEDED,
             reason=ReasonCode.OK,
