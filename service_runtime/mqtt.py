@@ -327,7 +327,7 @@ class MqttSession:
             tls_context = ssl.create_default_context(cafile=settings.tls.ca_file)
             if settings.tls.cert_file:
                 tls_context.load_cert_chain(settings.tls.cert_file, settings.tls.key_file or None)
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             settings.host,
             settings.port,
             identifier=settings.client_id,
@@ -342,6 +342,9 @@ class MqttSession:
             tls_context=tls_context,
             max_inflight_messages=settings.max_in_flight,
         )
+        # A full send window is the normal state under load, not the leak aiomqtt warns about (> 10).
+        client.pending_calls_threshold = settings.max_in_flight + 10
+        return client
 
     async def _say_goodbye(self, client: aiomqtt.Client) -> None:
         """Flush what is queued, then publish the retained goodbye before the clean disconnect."""

@@ -1,4 +1,4 @@
-"""A plan is published as a summary and pages that each fit the broker's message size limit."""
+"""Retained rollout messages fit the broker's message size limit at any fleet size (plans are paged)."""
 
 from datetime import UTC, datetime
 
@@ -7,17 +7,25 @@ from hypothesis import strategies as st
 
 from schemas import (
     ExcludedDevice,
+    GateDecision,
+    GateVerdict,
+    GatewayProgress,
     PlannedDevice,
     PlannedWave,
     RolloutPlan,
     RolloutPlanPage,
     RolloutPlanSummary,
+    RolloutState,
+    RolloutStatus,
+    StateCounts,
     TopicKind,
+    WaveState,
     assemble_plan,
     channels,
     paginate_plan,
 )
-from schemas.ids import DeviceSerial, GatewayId, RolloutId
+from schemas.ids import ID_MAX_LENGTH, DeviceSerial, GatewayId, RolloutId
+from schemas.rollout import MAX_GATEWAYS_IN_STATE
 
 BROKER_LIMIT_BYTES = 256 * 1024
 """`message_size_limit` of deploy/mosquitto/mosquitto.conf."""
@@ -104,3 +112,43 @@ def test_any_plan_round_trips_through_pages_within_the_budget(
             assert body <= budget_bytes
     assert [page.page for page in pages] == list(range(summary.pages))
     assert assemble_plan(summary, {page.page: page for page in pages}) == plan
+
+
+def test_the_largest_possible_rollout_state_fits_the_broker() -> None:
+    """The state is bounded (20 waves, 256 gateways, 20 decisions): its worst case is under 256 KB."""
+    long_text = "x" * 256
+    gateway = "g" * ID_MAX_LENGTH
+    counts = StateCounts(**dict.fromkeys(StateCounts.__struct_fields__, 10_000_000))
+    decision = GateDecision(
+        at=datetime(2026, 12, 1, tzinfo=UTC),
+        wave=19,
+        verdict=GateVerdict.PAUSE,
+        reason=long_text,
+        attempted=10_000_000,
+        succeeded=10_000_000,
+        failed=10_000_000,
+        failure_lower_bound=0.123456789,
+    )
+    state = RolloutState(
+        rollout_id=RolloutId("r" * ID_MAX_LENGTH),
+        status=RolloutStatus.PAUSED,
+        software_type=long_text,
+        target_version=long_text,
+        plan_id=long_text,
+        current_wave=19,
+        waves=[WaveState(index=i, size=10_000_000, counts=counts) for i in range(20)],
+        counts=counts,
+        gate_decisions=[decision] * 20,
+        paused_reason=long_text,
+        gateways=[
+            GatewayProgress(
+                gateway_id=GatewayId(gateway[:-3] + f"{i:03d}"),
+                in_flight=10_000_000,
+                succeeded=10_000_000,
+                failed=10_000_000,
+            )
+            for i in range(MAX_GATEWAYS_IN_STATE)
+        ],
+        updated_at=datetime(2026, 12, 1, tzinfo=UTC),
+    )
+    assert len(channels.encode(state)) < BROKER_LIMIT_BYTES
