@@ -157,6 +157,8 @@ class RolloutCoordinator:
     async def load(self) -> None:
         """(Re)load every rollout from the store: called when this replica becomes the leader."""
         records = await self._executor.call(self._store.load_rollouts)
+        # Messages remembered in an earlier term may have been handled by another leader since.
+        self._decoded.clear()
         self.machines = {
             record.rollout_id: RolloutMachine.from_parts(record.snapshot, record.plan, list(record.devices))
             for record in records

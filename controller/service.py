@@ -356,6 +356,9 @@ class ControllerService:
                     self._lose_lease()
                 except StoreError as error:
                     log.warning("store failed during a scheduler step", error=str(error))
+                    # The step's changes were taken from the machines but not saved: start again from
+                    # the store (its inbox items are still there), never from a memory that is ahead.
+                    self._loaded_epoch = None
             self._inbox_ready.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._inbox_ready.wait(), interval_s)
