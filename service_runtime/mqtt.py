@@ -488,13 +488,16 @@ class _SendWindow:
         outbox = self._outbox
         try:
             await publish(message)
-        except (aiomqtt.MqttError, TimeoutError) as error:
+        except Exception as error:  # noqa: BLE001 (any failure to publish ends this connection, never the session)
+            if not self.failure:
+                log.warning("publish failed", topic=message.topic, error=repr(error))
             self.failure.append(error)
             outbox.ready.set()
             return
         finally:
             self.slot.release()
-        del self._sent[number]
+        if self._sent.pop(number, None) is None:
+            return  # the window closed first: the message was put back and will be acknowledged then
         outbox.in_flight -= 1
         if message.on_acknowledged is not None:
             message.on_acknowledged()
@@ -506,10 +509,14 @@ class _SendWindow:
         """Stop waiting; what was not acknowledged goes back to the outbox's head, in order."""
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._outbox.items.extendleft(reversed(list(self._sent.values())))
-        self._outbox.in_flight = 0
-        self._sent.clear()
+        try:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            # Even when this wait is itself cancelled (or a publish ignores its cancellation, as
+            # Python 3.11's wait_for may): nothing sent and unacknowledged is ever dropped.
+            self._outbox.items.extendleft(reversed(list(self._sent.values())))
+            self._outbox.in_flight = 0
+            self._sent.clear()
 
 
 def _reply_properties(message: aiomqtt.Message) -> tuple[str, bytes]:

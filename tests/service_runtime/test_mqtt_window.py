@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import msgspec
 import pytest
@@ -82,9 +83,11 @@ async def test_a_broker_restart_with_messages_in_flight_loses_none_and_settles_e
 
         for number in range(MESSAGES):
             controller.publish(
-                Outbound(COMMAND_TOPIC, numbered_command(number), on_acknowledged=lambda n=number: settle(n))
+                Outbound(
+                    COMMAND_TOPIC, numbered_command(number), on_acknowledged=functools.partial(settle, number)
+                )
             )
-        assert await controller.flush(WAIT_S * 2)
+        assert await controller.flush(WAIT_S * 2), (controller.outbox_size, controller.in_flight)
     async with running(make_session(broker, "gw-1", agent_recorder, subscriptions=subscriptions)):
         wanted = {f"job-{number}" for number in range(MESSAGES)}
         received: set[str] = set()
