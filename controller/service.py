@@ -354,6 +354,7 @@ class ControllerService:
                 except StaleLease as error:
                     log.warning("lost the lease while scheduling", error=str(error))
                     self._lose_lease()
+                    self._loaded_epoch = None
                 except StoreError as error:
                     log.warning("store failed during a scheduler step", error=str(error))
                     # The step's changes were taken from the machines but not saved: start again from
@@ -367,7 +368,10 @@ class ControllerService:
         """Take or renew the lease on its own clock: a step of any length never lets it lapse."""
         renew_s = self.settings.scheduler.lease_ttl_s / 3
         while True:
-            await self._lead_or_stand_by()
+            try:
+                await self._lead_or_stand_by()
+            except Exception:  # A bug here must not stop renewals for good (the standby would lead).
+                log.exception("lease renewal failed")
             await asyncio.sleep(renew_s)
 
     async def _lead_or_stand_by(self) -> None:
