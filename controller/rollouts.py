@@ -230,11 +230,11 @@ class RolloutCoordinator:
 
     def _machine_of(self, rollout_id: str | None, job_id: str) -> RolloutMachine | None:
         """The rollout a job event belongs to: the one it names, else (old agents) the job's owner."""
-        if rollout_id is not None:
-            named = self.machines.get(rollout_id)
-            if named is not None:
-                return named
-        return next((m for m in self.machines.values() if m.job_gateway(job_id) is not None), None)
+        named = self.machines.get(rollout_id) if rollout_id is not None else None
+        if named is not None and named.job_gateway(job_id) is not None:
+            return named
+        # An old agent (no rollout id), or a stale job of the named rollout: whoever owns the job id.
+        return next((m for m in self.machines.values() if m.job_gateway(job_id) is not None), named)
 
     def _refused(
         self, kind: RefusedKind, sender: str, event: JobResult | JobProgress, now: datetime, step: _Step
@@ -245,10 +245,6 @@ class RolloutCoordinator:
         sender = sender or claimed
         owner = self._machine_of(event.rollout_id, job_id)
         dispatched_to = owner.job_gateway(job_id) if owner is not None else None
-        if dispatched_to is None and owner is not None:
-            # The rollout it names does not own the job (a stale or forged id): look it up by job id.
-            owner = self._machine_of(None, job_id)
-            dispatched_to = owner.job_gateway(job_id) if owner is not None else None
         reason = job_event_refusal(sender, claimed, dispatched_to)
         if reason is None:
             return False
