@@ -63,6 +63,8 @@ from schemas import (
     RetryFailed,
     RolloutId,
     RolloutPlan,
+    RolloutPlanPage,
+    RolloutPlanSummary,
     RolloutSpec,
     RolloutState,
     RolloutStatus,
@@ -70,6 +72,7 @@ from schemas import (
     TopicError,
     TopicKind,
     TopicTree,
+    assemble_plan,
     channels,
     is_valid_id,
 )
@@ -432,9 +435,8 @@ async def _command(
     if args.command != "preview" or reply.status is not ReplyStatus.ACCEPTED:
         sys.stdout.write(f"{reply.status}: {reply.reason or 'ok'} {reply.message}".rstrip() + "\n")
         return Exit.OK if reply.status is ReplyStatus.ACCEPTED else Exit.REJECTED
-    plan = await _newer_plan(
-        client, plan_topic, before.created_at if isinstance(before, RolloutPlan) else None, timeout_s
-    )
+    after = before.created_at if isinstance(before, RolloutPlanSummary) else None
+    plan = await read_plan(client, tree, args.rollout_id, timeout_s, after=after)
     if plan is None:
         sys.stderr.write("the controller accepted but published no new plan in time\n")
         return Exit.NO_ANSWER
@@ -466,7 +468,7 @@ async def _request(  # noqa: PLR0911 (one return per subcommand)
                 plan = await _retained(
                     client, tree.topic(TopicKind.ROLLOUT_PLAN, rollout_id=rollout_id), profile.timeout_s
                 )
-                plan_id = plan.plan_id if isinstance(plan, RolloutPlan) else ""
+                plan_id = plan.plan_id if isinstance(plan, RolloutPlanSummary) else ""
             return StartRollout(**common, rollout_id=rollout_id, plan_id=plan_id)
         case "pause":
             return PauseRollout(**common, rollout_id=rollout_id, reason=args.reason)
@@ -565,23 +567,46 @@ async def status(client: aiomqtt.Client, tree: TopicTree, rollout_id: str, timeo
     return Exit.OK
 
 
-async def _newer_plan(
-    client: aiomqtt.Client, topic: str, after: datetime | None, timeout_s: float
+async def read_plan(
+    client: aiomqtt.Client,
+    tree: TopicTree,
+    rollout_id: str,
+    timeout_s: float,
+    *,
+    after: datetime | None = None,
 ) -> RolloutPlan | None:
-    await subscribe_or_fail(client, topic)
+    """A rollout's whole plan, from its retained summary and pages (one created after `after`)."""
+    summary_topic = tree.topic(TopicKind.ROLLOUT_PLAN, rollout_id=rollout_id)
+    pages_filter = tree.filter(TopicKind.ROLLOUT_PLAN_PAGE, rollout_id=rollout_id)
+    summary: RolloutPlanSummary | None = None
+    pages: dict[str, dict[int, RolloutPlanPage]] = {}
+    await subscribe_or_fail(client, summary_topic)
+    await subscribe_or_fail(client, pages_filter)
     try:
         async with asyncio.timeout(timeout_s):
             async for message in client.messages:
-                if message.topic.value != topic or not isinstance(message.payload, bytes):
+                topic, payload = message.topic.value, message.payload
+                if not isinstance(payload, bytes) or not payload:
                     continue
                 try:
-                    plan = channels.decode_as(TopicKind.ROLLOUT_PLAN, message.payload, RolloutPlan)
+                    if topic == summary_topic:
+                        found = channels.decode_as(TopicKind.ROLLOUT_PLAN, payload, RolloutPlanSummary, topic)
+                        if after is None or found.created_at > after:
+                            summary = found
+                    elif message.topic.matches(pages_filter):
+                        page = channels.decode_as(
+                            TopicKind.ROLLOUT_PLAN_PAGE, payload, RolloutPlanPage, topic
+                        )
+                        pages.setdefault(page.plan_id, {})[page.page] = page
                 except ContractError:
                     continue
-                if after is None or plan.created_at > after:
+                if summary is not None and (plan := assemble_plan(summary, pages.get(summary.plan_id, {}))):
                     return plan
     except TimeoutError:
         return None
+    finally:
+        await client.unsubscribe(summary_topic)
+        await client.unsubscribe(pages_filter)
     return None
 
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-import msgspec
 import structlog
 
 from controller.errors import MemfaultUnavailable, RolloutError
@@ -34,7 +33,7 @@ from controller.rollout_engine.model import Candidate, FlowView
 from controller.rollout_engine.planner import plan_rollout
 from controller.settings import SchedulerConfig
 from controller.store.executor import StoreExecutor
-from controller.store.fleet_store import FleetStore, GatewayRecord, InboxItem, RolloutRecord
+from controller.store.fleet_store import FleetStore, GatewayRecord, InboxItem, PendingCommand, RolloutRecord
 from schemas import (
     AbortRollout,
     AcceptKeyChange,
@@ -42,6 +41,7 @@ from schemas import (
     AuditEvent,
     CancelDevice,
     CancelJob,
+    ContractError,
     CreateRollout,
     DeviceSerial,
     JobId,
@@ -58,20 +58,21 @@ from schemas import (
     ResumeRollout,
     RetryFailed,
     RolloutId,
+    RolloutPlan,
     RolloutStatus,
     StartRollout,
     TopicError,
     TopicKind,
     TopicTree,
     channels,
+    paginate_plan,
 )
 from service_runtime.mqtt import Outbound
 
 log = structlog.get_logger("mcufleet.controller.rollouts")
 
-_REQUEST_DECODER = msgspec.json.Decoder(OperatorRequest)
-_RESULT_DECODER = msgspec.json.Decoder(JobResult)
-_PROGRESS_DECODER = msgspec.json.Decoder(JobProgress)
+MAX_REMEMBERED_INBOX = 100_000
+"""Decoded inbox messages kept in memory for the leader (beyond this, stored bytes are decoded)."""
 
 
 @dataclass
@@ -102,7 +103,6 @@ class _Step:
     changed: set[str] = field(default_factory=set)
     plans: set[str] = field(default_factory=set)
     commands: list[tuple[str, bytes]] = field(default_factory=list)
-    job_commands: list[tuple[str, str, bytes]] = field(default_factory=list)
     audit: list[AuditEvent] = field(default_factory=list)
     handled: list[int] = field(default_factory=list)
     replies: list[tuple[str, bytes, str, bytes]] = field(default_factory=list)
@@ -125,7 +125,7 @@ class RolloutCoordinator:
         tree: TopicTree,
         settings: SchedulerConfig,
         operator_keys: OperatorKeys,
-        publish: Callable[[Outbound], None],
+        publish: Callable[[Outbound], object],
     ) -> None:
         self._store = store
         self._executor = executor
@@ -141,7 +141,9 @@ class RolloutCoordinator:
         self._planning: dict[str, asyncio.Task[None]] = {}
         self._plans_ready: dict[str, tuple[str, Exception | None]] = {}
         self._candidates: dict[str, list[Candidate]] = {}
-        self._reconcile: list[tuple[RolloutMachine, Dispatch]] = []
+        self._decoded: dict[int, object] = {}
+        self._plan_pages: dict[str, int] = {}
+        """Pages last published per rollout's plan (extra ones of an earlier plan are cleared)."""
         self._lease_epoch = 0
         self._refusals_audited: set[tuple[str, str, str]] = set()
 
@@ -168,14 +170,24 @@ class RolloutCoordinator:
     async def load(self) -> None:
         """(Re)load every rollout from the store: called when this replica becomes the leader."""
         records = await self._executor.call(self._store.load_rollouts)
+        # Messages remembered in an earlier term may have been handled by another leader since.
+        self._decoded.clear()
         self.machines = {
-            record.rollout_id: RolloutMachine.from_snapshot(record.snapshot) for record in records
+            record.rollout_id: RolloutMachine.from_parts(record.snapshot, record.plan, list(record.devices))
+            for record in records
         }
         await self.registry.refresh_gateways()
         log.info("rollouts loaded", count=len(self.machines))
 
-    async def step(self, lease_epoch: int, now_s: float) -> None:
-        """One scheduler step (see the module docstring)."""
+    def remember_decoded(self, items: Iterable[tuple[int, object]]) -> None:
+        """Keep messages this replica decoded under their inbox row ids (handled without decoding again)."""
+        for row_id, message in items:
+            if len(self._decoded) >= MAX_REMEMBERED_INBOX:
+                return
+            self._decoded[row_id] = message
+
+    async def step(self, lease_epoch: int, now_s: float) -> list[PendingCommand]:
+        """One scheduler step (see the module docstring); returns the commands it saved."""
         self._lease_epoch = lease_epoch
         now = datetime.fromtimestamp(now_s, UTC)
         step = _Step()
@@ -183,17 +195,9 @@ class RolloutCoordinator:
             step.handled.append(item.row_id)
             try:
                 await self._handle(item, now, step)
-            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as error:
+            except ContractError as error:
                 log.warning("unreadable inbox item", kind=item.kind, error=str(error))
         self._adopt_plans(now, step)
-        reconcile, self._reconcile = self._reconcile, []
-        for machine, dispatch in reconcile:
-            # The same command again: the agent repeats the result or reports progress (no re-run).
-            known = await self._executor.call(self._store.job_command, dispatch.job_id)
-            if known is not None:
-                step.commands.append(known)
-            else:
-                await self._dispatch(machine, dispatch, now, step)
         previous = await self.registry.refresh_gateways()
         await self.registry.refresh_links(now_s, 10.0)
         self._gateway_changes(previous, now, step)
@@ -202,33 +206,48 @@ class RolloutCoordinator:
             effects = machine.tick(now, flow)
             if effects:
                 await self._carry_out(machine, effects, now, step)
-        await self._save_and_publish(step, now, now_s)
+            elif machine.has_changes:
+                # A backoff released or a device still unheard: no effect, but its row changed.
+                step.changed.add(machine.rollout_id)
+        return await self._save_and_publish(step, now, now_s)
 
     # --- inbox -------------------------------------------------------------------------------
 
     async def _handle(self, item: InboxItem, now: datetime, step: _Step) -> None:
-        kind, payload = item.kind, item.payload
-        if kind == TopicKind.JOB_RESULT:
-            result = _RESULT_DECODER.decode(payload)
-            if self._refused(RefusedKind.JOB_RESULT, item.sender, result, now, step):
+        message = self._decoded.pop(item.row_id, None)
+        if message is None:
+            # Received by another replica (or before a restart): its stored bytes, validated again.
+            message = channels.decode(TopicKind(item.kind), item.payload)
+        if isinstance(message, JobResult):
+            if self._refused(RefusedKind.JOB_RESULT, item.sender, message, now, step):
                 return
-            for machine in self.machines.values():
+            machine = self._machine_of(message.rollout_id, message.job_id)
+            if machine is not None:
                 effects = machine.on_result(
-                    result.job_id, result.outcome, result.reason, result.retryable, now
+                    message.job_id, message.outcome, message.reason, message.retryable, now
                 )
-                if effects or machine.device(result.device_serial) is not None:
-                    await self._carry_out(machine, effects, now, step)
-            key = (result.outcome.value, result.reason.value)
+                await self._carry_out(machine, effects, now, step)
+            key = (message.outcome.value, message.reason.value)
             self.stats.jobs[key] = self.stats.jobs.get(key, 0) + 1
-        elif kind == TopicKind.JOB_PROGRESS:
-            progress = _PROGRESS_DECODER.decode(payload)
-            if self._refused(RefusedKind.JOB_PROGRESS, item.sender, progress, now, step):
+        elif isinstance(message, JobProgress):
+            if self._refused(RefusedKind.JOB_PROGRESS, item.sender, message, now, step):
                 return
-            for machine in self.machines.values():
-                machine.on_progress(progress.job_id, now)
-        elif kind == TopicKind.OPERATOR_REQUEST:
-            request = _REQUEST_DECODER.decode(payload)
-            await self._operator(request, item.reply_topic, item.correlation, now, step)
+            machine = self._machine_of(message.rollout_id, message.job_id)
+            if machine is not None:
+                machine.on_progress(message.job_id, now)
+                step.changed.add(machine.rollout_id)
+        elif isinstance(message, OperatorRequest):
+            await self._operator(message, item.reply_topic, item.correlation, now, step)
+        else:
+            log.warning("unexpected inbox item", kind=item.kind, type=type(message).__name__)
+
+    def _machine_of(self, rollout_id: str | None, job_id: str) -> RolloutMachine | None:
+        """The rollout a job event belongs to: the one it names, else (old agents) the job's owner."""
+        named = self.machines.get(rollout_id) if rollout_id is not None else None
+        if named is not None and named.job_gateway(job_id) is not None:
+            return named
+        # An old agent (no rollout id), or a stale job of the named rollout: whoever owns the job id.
+        return next((m for m in self.machines.values() if m.job_gateway(job_id) is not None), named)
 
     def _refused(
         self, kind: RefusedKind, sender: str, event: JobResult | JobProgress, now: datetime, step: _Step
@@ -237,9 +256,8 @@ class RolloutCoordinator:
         claimed, job_id = event.gateway_id, event.job_id
         # Rows queued before the inbox recorded senders carry "": the payload's id is all there is.
         sender = sender or claimed
-        dispatched_to = next(
-            (gateway for m in self.machines.values() if (gateway := m.job_gateway(job_id)) is not None), None
-        )
+        owner = self._machine_of(event.rollout_id, job_id)
+        dispatched_to = owner.job_gateway(job_id) if owner is not None else None
         reason = job_event_refusal(sender, claimed, dispatched_to)
         if reason is None:
             return False
@@ -549,7 +567,6 @@ class RolloutCoordinator:
         topic = self._tree.topic(TopicKind.GATEWAY_COMMAND, gateway_id=dispatch.gateway_id)
         payload = channels.encode(command)
         step.commands.append((topic, payload))
-        step.job_commands.append((dispatch.job_id, topic, payload))
         self.stats.dispatched += 1
         self.dispatch_latency.observe(asyncio.get_running_loop().time() - started)
 
@@ -602,26 +619,35 @@ class RolloutCoordinator:
 
     # --- persistence and publication ------------------------------------------------------------
 
-    async def _save_and_publish(self, step: _Step, now: datetime, now_s: float) -> None:
+    async def _save_and_publish(self, step: _Step, now: datetime, now_s: float) -> list[PendingCommand]:
         if not (
             step.changed
             or step.commands
             or step.audit
             or step.handled
             or step.replies
-            or step.job_commands
             or step.refusals
+            or step.accepted_key_changes
         ):
-            return
-        records = [
-            RolloutRecord(
-                rollout_id, self.machines[rollout_id].status.value, self.machines[rollout_id].to_snapshot()
+            return []
+        records = []
+        for rollout_id in sorted(step.changed):
+            machine = self.machines.get(rollout_id)
+            if machine is None:
+                continue
+            changes = machine.take_changes()
+            records.append(
+                RolloutRecord(
+                    rollout_id,
+                    machine.status.value,
+                    changes.header,
+                    changes.plan,
+                    changes.devices,
+                    changes.replace_devices,
+                )
             )
-            for rollout_id in sorted(step.changed)
-            if rollout_id in self.machines
-        ]
         audit = [channels.encode(event) for event in step.audit]
-        await self._executor.call(
+        saved = await self._executor.call(
             self._store.save_transition,
             lease_epoch=self._lease_epoch,
             rollouts=records,
@@ -629,7 +655,6 @@ class RolloutCoordinator:
             audit=audit,
             now_s=now_s,
             handled_inbox=step.handled,
-            job_commands=step.job_commands,
             replies=[(request_id, reply) for request_id, reply, _, _ in step.replies],
             accepted_key_changes=step.accepted_key_changes,
         )
@@ -638,14 +663,32 @@ class RolloutCoordinator:
             topic = self._tree.topic(TopicKind.ROLLOUT_STATE, rollout_id=record.rollout_id)
             self._publish(Outbound(topic, channels.encode(machine.state(now)), qos=1, retain=True))
             if record.rollout_id in step.plans and machine.plan is not None:
-                plan_topic = self._tree.topic(TopicKind.ROLLOUT_PLAN, rollout_id=record.rollout_id)
-                self._publish(Outbound(plan_topic, channels.encode(machine.plan), qos=1, retain=True))
+                self._publish_plan(machine.plan)
         for payload in audit:
             self._publish(Outbound(self._tree.topic(TopicKind.AUDIT), payload, qos=1))
         for _, reply, topic, correlation in step.replies:
             self._publish(Outbound(topic, reply, qos=1, correlation_data=correlation))
         for topic, reply, correlation in step.refusals:
             self._publish(Outbound(topic, reply, qos=1, correlation_data=correlation))
+        return saved
+
+    def _publish_plan(self, plan: RolloutPlan) -> None:
+        """The summary and its pages (pages first: a reader seeing the summary finds them retained)."""
+        summary, pages = paginate_plan(plan)
+        for page in pages:
+            topic = self._tree.topic(
+                TopicKind.ROLLOUT_PLAN_PAGE, rollout_id=plan.rollout_id, page=str(page.page)
+            )
+            self._publish(Outbound(topic, channels.encode(page), qos=1, retain=True))
+        # Pages of a longer earlier plan would stay retained: an empty retained payload clears each.
+        for number in range(len(pages), self._plan_pages.get(plan.rollout_id, 0)):
+            topic = self._tree.topic(
+                TopicKind.ROLLOUT_PLAN_PAGE, rollout_id=plan.rollout_id, page=str(number)
+            )
+            self._publish(Outbound(topic, b"", qos=1, retain=True))
+        self._plan_pages[plan.rollout_id] = len(pages)
+        plan_topic = self._tree.topic(TopicKind.ROLLOUT_PLAN, rollout_id=plan.rollout_id)
+        self._publish(Outbound(plan_topic, channels.encode(summary), qos=1, retain=True))
 
 
 def _rollout_of(request: OperatorRequest) -> RolloutId | None:

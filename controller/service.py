@@ -26,7 +26,7 @@ from controller.operator_auth import OperatorKeys
 from controller.rollouts import RolloutCoordinator
 from controller.settings import ControllerSettings
 from controller.store.executor import StoreExecutor
-from controller.store.fleet_store import FleetStore
+from controller.store.fleet_store import FleetStore, PendingCommand
 from schemas import (
     ControllerPresence,
     DeviceCredential,
@@ -197,7 +197,16 @@ class ControllerService:
         )
         self._stop = asyncio.Event()
         self._inbox_ready = asyncio.Event()
+        self._inbox_queue: list[tuple[tuple[str, bytes, str, bytes, float, str], object]] = []
+        self._inbox_queued = asyncio.Event()
         self._in_flight_commands: set[int] = set()
+        """Outbox rows handed to the session and not yet acknowledged (kept across lease terms: the
+        session still delivers them, so sending them again would duplicate the command)."""
+        self._acknowledged: list[int] = []
+        self._acks_ready = asyncio.Event()
+        self._sweep_outbox = True
+        """Read every pending command from the store at the next step (a new term, or a refusal)."""
+        self._loaded_epoch: int | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -215,7 +224,10 @@ class ControllerService:
         session_task = asyncio.create_task(self.session.run(), name="mqtt-session")
         tasks = [
             asyncio.create_task(self.ingest.run(), name="ingest"),
+            asyncio.create_task(self._hold_lease(), name="lease"),
             asyncio.create_task(self._schedule(), name="scheduler"),
+            asyncio.create_task(self._write_inbox(), name="inbox-writer"),
+            asyncio.create_task(self._write_acknowledgements(), name="outbox-acks"),
             asyncio.create_task(self._watchdog(), name="watchdog"),
         ]
         try:
@@ -229,6 +241,8 @@ class ControllerService:
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(StoreError):
                 await self.ingest.flush()
+                await self._flush_inbox()
+                await self._flush_acknowledgements()
                 await self.executor.call(self.store.release_lease, self.settings.controller_id)
             await self.session.stop()
             await session_task
@@ -260,17 +274,45 @@ class ControllerService:
         elif kind is TopicKind.DEVICE_CREDENTIAL and isinstance(payload, DeviceCredential):
             await self.ingest.add_credential(payload, message.route.gateway_id or "", self._wall_clock())
         elif kind in INBOX_KINDS:
-            await self.executor.call(
-                self.store.add_to_inbox,
+            # The bytes as received (already validated by the session's decode): nothing re-encoded.
+            raw = message.payload or channels.encode(payload)  # type: ignore[arg-type]
+            row = (
                 kind.value,
-                channels.encode(payload) if not isinstance(payload, bytes) else payload,  # type: ignore[arg-type]
+                raw,
                 message.response_topic,
                 message.correlation_data,
                 self._wall_clock(),
                 # The topic's gateway is what the broker ACL vouches for, not the payload's id.
-                sender=message.route.gateway_id or "",
+                message.route.gateway_id or "",
             )
-            self._inbox_ready.set()
+            self._inbox_queue.append((row, payload))
+            self._inbox_queued.set()
+
+    async def _write_inbox(self) -> None:
+        """Write queued job events and requests to the store in batches (one transaction each)."""
+        while True:
+            await self._inbox_queued.wait()
+            self._inbox_queued.clear()
+            try:
+                await self._flush_inbox()
+            except StoreError as error:
+                log.warning("cannot write the inbox", error=str(error))
+                await asyncio.sleep(1.0)
+                self._inbox_queued.set()
+
+    async def _flush_inbox(self) -> None:
+        batch, self._inbox_queue = self._inbox_queue, []
+        if not batch:
+            return
+        try:
+            row_ids = await self.executor.call(self.store.add_many_to_inbox, [row for row, _ in batch])
+        except StoreError:
+            self._inbox_queue[:0] = batch
+            raise
+        if self.is_leader:
+            # The leader handles what it received itself without decoding the stored bytes again.
+            self.coordinator.remember_decoded(zip(row_ids, (message for _, message in batch), strict=True))
+        self._inbox_ready.set()
 
     async def _on_rejected(self, rejected: Rejected) -> None:
         """Answer a malformed operator request on its reply topic (there is nobody else to tell).
@@ -317,19 +359,37 @@ class ControllerService:
     async def _schedule(self) -> None:
         interval_s = self.settings.scheduler.tick_interval_s
         while True:
-            await self._lead_or_stand_by()
-            if self.lease_epoch is not None:
+            epoch = self.lease_epoch
+            if epoch is not None:
                 try:
-                    await self.coordinator.step(self.lease_epoch, self._wall_clock())
-                    await self._publish_outbox()
+                    if epoch != self._loaded_epoch:
+                        await self.coordinator.load()
+                        self._loaded_epoch = epoch
+                        self._sweep_outbox = True
+                    commands = await self.coordinator.step(epoch, self._wall_clock())
+                    await self._publish_commands(commands)
                 except StaleLease as error:
                     log.warning("lost the lease while scheduling", error=str(error))
                     self._lose_lease()
+                    self._loaded_epoch = None
                 except StoreError as error:
                     log.warning("store failed during a scheduler step", error=str(error))
+                    # The step's changes were taken from the machines but not saved: start again from
+                    # the store (its inbox items are still there), never from a memory that is ahead.
+                    self._loaded_epoch = None
             self._inbox_ready.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._inbox_ready.wait(), interval_s)
+
+    async def _hold_lease(self) -> None:
+        """Take or renew the lease on its own clock: a step of any length never lets it lapse."""
+        renew_s = self.settings.scheduler.lease_ttl_s / 3
+        while True:
+            try:
+                await self._lead_or_stand_by()
+            except Exception:  # A bug here must not stop renewals for good (the standby would lead).
+                log.exception("lease renewal failed")
+            await asyncio.sleep(renew_s)
 
     async def _lead_or_stand_by(self) -> None:
         settings = self.settings.scheduler
@@ -349,10 +409,10 @@ class ControllerService:
             return
         if epoch != self.lease_epoch:
             log.info("became the scheduler", epoch=epoch, previous=self.lease_epoch)
+            # The scheduler task reloads the rollouts before its next step under this epoch.
             self.lease_epoch = epoch
-            self._in_flight_commands.clear()
-            await self.coordinator.load()
             self._republish_birth()
+            self._inbox_ready.set()
 
     def _lose_lease(self) -> None:
         if self.lease_epoch is not None:
@@ -366,34 +426,60 @@ class ControllerService:
         except MqttError as error:
             log.warning("cannot republish the birth", error=str(error))
 
-    async def _publish_outbox(self) -> None:
-        for command in await self.executor.call(self.store.pending_commands):
+    async def _publish_commands(self, saved: list[PendingCommand]) -> None:
+        """Hand commands to the session (it keeps many in flight); each row goes once per process."""
+        if self._sweep_outbox:
+            self._sweep_outbox = False
+            saved = await self.executor.call(self.store.pending_commands)
+        for command in saved:
             if command.row_id in self._in_flight_commands:
                 continue
             self._in_flight_commands.add(command.row_id)
-            self._publish(
-                Outbound(
-                    command.topic, command.payload, qos=1, on_acknowledged=self._acknowledger(command.row_id)
-                )
+            outbound = Outbound(
+                command.topic, command.payload, qos=1, on_acknowledged=self._acknowledger(command.row_id)
             )
+            if not self._publish(outbound):
+                self._in_flight_commands.discard(command.row_id)
+                self._sweep_outbox = True
 
     def _acknowledger(self, row_id: int) -> Callable[[], None]:
         def acknowledge() -> None:
-            asyncio.get_running_loop().create_task(self._acknowledge(row_id))
+            self._acknowledged.append(row_id)
+            self._acks_ready.set()
 
         return acknowledge
 
-    async def _acknowledge(self, row_id: int) -> None:
-        with contextlib.suppress(StoreError):
-            await self.executor.call(self.store.acknowledge_command, row_id)
-        self._in_flight_commands.discard(row_id)
+    async def _write_acknowledgements(self) -> None:
+        """Delete acknowledged outbox rows in batches (one transaction per batch of PUBACKs)."""
+        while True:
+            await self._acks_ready.wait()
+            self._acks_ready.clear()
+            try:
+                await self._flush_acknowledgements()
+            except StoreError as error:
+                log.warning("cannot mark commands acknowledged", error=str(error))
+                await asyncio.sleep(1.0)
+                self._acks_ready.set()
 
-    def _publish(self, message: Outbound) -> None:
+    async def _flush_acknowledgements(self) -> None:
+        batch, self._acknowledged = self._acknowledged, []
+        if not batch:
+            return
+        try:
+            await self.executor.call(self.store.acknowledge_commands, batch)
+        except StoreError:
+            self._acknowledged[:0] = batch
+            raise
+        self._in_flight_commands.difference_update(batch)
+
+    def _publish(self, message: Outbound) -> bool:
         try:
             self.session.publish(message)
         except MqttError as error:
             # Counted by the session; commands stay in the store's outbox and are sent again.
             log.warning("message not queued", topic=message.topic, error=str(error))
+            return False
+        return True
 
     # --- metrics -----------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from agent.settings import AgentSettings, DiscoveryConfig, DownloadConfig, JobsC
 from agent.settings import MetricsConfig as AgentMetrics
 from agent.settings import MqttConfig as AgentMqtt
 from controller.factory import build_controller
-from controller.operator_cli import send_request
+from controller.operator_cli import read_plan, send_request
 from controller.service import ControllerService
 from controller.settings import ControllerSettings, MemfaultConfig, SchedulerConfig, StoreConfig
 from controller.settings import MetricsConfig as ControllerMetrics
@@ -292,10 +292,10 @@ async def operate(
         if reply is None or reply.status is not ReplyStatus.ACCEPTED:
             console.print(f"[red]create refused: {reply}[/red]")
             return 1
-        plan = await _retained(
-            client, tree.topic(TopicKind.ROLLOUT_PLAN, rollout_id=rollout_id), TopicKind.ROLLOUT_PLAN
-        )
-        assert isinstance(plan, RolloutPlan)  # noqa: S101 (decode_as guarantees it)
+        plan = await read_plan(client, tree, rollout_id, 60.0)
+        if plan is None:
+            console.print("[red]no plan published[/red]")
+            return 1
         console.print(
             f"plan {plan.plan_id}: waves {[len(w.devices) for w in plan.waves]}, "
             f"{len(plan.excluded)} excluded, "

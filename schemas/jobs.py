@@ -150,6 +150,8 @@ class JobProgress(msgspec.Struct, frozen=True, kw_only=True):
     job_id: JobIdField
     device_serial: DeviceSerialField
     phase: JobPhase
+    rollout_id: RolloutIdField | None = None
+    """The rollout of the command (echoed so the controller routes without a lookup; None from old agents)."""
     bytes_done: Annotated[int, msgspec.Meta(ge=0)] = 0
     bytes_total: Annotated[int, msgspec.Meta(ge=0)] = 0
     seq: Annotated[int, msgspec.Meta(ge=0)] = 0
@@ -163,6 +165,8 @@ class JobResult(msgspec.Struct, frozen=True, kw_only=True):
     gateway_id: GatewayIdField
     job_id: JobIdField
     device_serial: DeviceSerialField
+    rollout_id: RolloutIdField | None = None
+    """The rollout of the command (echoed so the controller routes without a lookup; None from old agents)."""
     attempt: int = 1
     outcome: JobOutcome
     reason: ReasonCode

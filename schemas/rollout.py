@@ -1,19 +1,24 @@
 """Rollouts as operators define them and as the controller publishes them: spec, plan, state, audit."""
 
 import enum
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 
 from schemas.ids import (
     DeviceSerialField,
+    GatewayId,
     GatewayIdField,
     RequestIdField,
     RolloutIdField,
     ShortText,
     Version,
 )
+
+T = TypeVar("T")
+_ENCODER = msgspec.json.Encoder()
 
 Percent = Annotated[float, msgspec.Meta(gt=0, le=100)]
 Ratio = Annotated[float, msgspec.Meta(ge=0, le=1)]
@@ -170,7 +175,7 @@ class ExcludedDevice(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RolloutPlan(msgspec.Struct, frozen=True, kw_only=True):
-    """The preview (dry run) of a rollout: starting it names this plan's id (retained)."""
+    """The preview (dry run) of a rollout, whole: published as a `RolloutPlanSummary` and its pages."""
 
     rollout_id: RolloutIdField
     plan_id: ShortText
@@ -181,6 +186,192 @@ class RolloutPlan(msgspec.Struct, frozen=True, kw_only=True):
     excluded: list[ExcludedDevice] = msgspec.field(default_factory=list)
     image_size_bytes: int = 0
     estimated_duration_s: float = 0.0
+
+
+PLAN_PAGE_BUDGET_BYTES = 128 * 1024
+"""Device lists are cut into pages of at most this many encoded bytes (the shipped broker's
+`message_size_limit` is 256 KB), so a retained plan fits the broker at any fleet size."""
+MAX_GATEWAYS_IN_PLAN_WAVE = 32
+"""A wave's summary names at most this many gateways (those with the most devices)."""
+MAX_EXCLUDED_IN_SUMMARY = 50
+"""The summary carries this many exclusions as a sample; all of them are on the pages."""
+
+
+class PlanGatewayShare(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """How many devices of a wave one gateway was chosen for."""
+
+    gateway_id: GatewayIdField
+    devices: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class PlannedWaveSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """One wave of a plan, without its devices (they are on pages `first_page` ... + `pages` - 1)."""
+
+    index: int
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    soak_s: float = 0.0
+    gateways: Annotated[list[PlanGatewayShare], msgspec.Meta(max_length=MAX_GATEWAYS_IN_PLAN_WAVE)] = (
+        msgspec.field(default_factory=list)
+    )
+    """The gateways with the most devices in this wave."""
+    gateway_count: Annotated[int, msgspec.Meta(ge=0)] = 0
+    first_page: Annotated[int, msgspec.Meta(ge=0)] = 0
+    pages: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class RolloutPlanSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """The retained plan topic: everything but the device lists, which are on the plan's pages.
+
+    Starting names `plan_id`. A reader wanting every device reads pages 0 .. `pages` - 1 of
+    `rollout/<rollout>/plan/<page>` and keeps only pages whose `plan_id` matches.
+    """
+
+    rollout_id: RolloutIdField
+    plan_id: ShortText
+    created_at: datetime
+    software_type: ShortText
+    target_version: ShortText
+    waves: Annotated[list[PlannedWaveSummary], msgspec.Meta(max_length=20)]
+    devices: Annotated[int, msgspec.Meta(ge=0)] = 0
+    excluded_count: Annotated[int, msgspec.Meta(ge=0)] = 0
+    excluded_sample: Annotated[list[ExcludedDevice], msgspec.Meta(max_length=MAX_EXCLUDED_IN_SUMMARY)] = (
+        msgspec.field(default_factory=list)
+    )
+    excluded_first_page: Annotated[int, msgspec.Meta(ge=0)] = 0
+    excluded_pages: Annotated[int, msgspec.Meta(ge=0)] = 0
+    pages: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Pages in all (device pages of every wave, then exclusion pages)."""
+    image_size_bytes: int = 0
+    estimated_duration_s: float = 0.0
+
+
+class RolloutPlanPage(msgspec.Struct, frozen=True, kw_only=True):
+    """One retained page of a plan: devices of one wave, or (`wave` None) excluded devices."""
+
+    rollout_id: RolloutIdField
+    plan_id: ShortText
+    page: Annotated[int, msgspec.Meta(ge=0)]
+    wave: int | None = None
+    devices: Annotated[list[PlannedDevice], msgspec.Meta(max_length=100_000)] = msgspec.field(
+        default_factory=list
+    )
+    excluded: Annotated[list[ExcludedDevice], msgspec.Meta(max_length=100_000)] = msgspec.field(
+        default_factory=list
+    )
+
+
+def _pages_of(items: list[T], budget_bytes: int) -> list[list[T]]:
+    """Cut `items` into runs whose JSON encodings add up to at most `budget_bytes` (at least one each)."""
+    pages: list[list[T]] = []
+    page: list[T] = []
+    used = 0
+    for item in items:
+        size = len(_ENCODER.encode(item)) + 1
+        if page and used + size > budget_bytes:
+            pages.append(page)
+            page, used = [], 0
+        page.append(item)
+        used += size
+    if page:
+        pages.append(page)
+    return pages
+
+
+def paginate_plan(
+    plan: RolloutPlan, budget_bytes: int = PLAN_PAGE_BUDGET_BYTES
+) -> tuple[RolloutPlanSummary, list[RolloutPlanPage]]:
+    """The summary and pages a plan is published as (pages numbered from 0, wave by wave)."""
+    pages: list[RolloutPlanPage] = []
+    waves = []
+    for wave in plan.waves:
+        first = len(pages)
+        for devices in _pages_of(list(wave.devices), budget_bytes):
+            pages.append(
+                RolloutPlanPage(
+                    rollout_id=plan.rollout_id,
+                    plan_id=plan.plan_id,
+                    page=len(pages),
+                    wave=wave.index,
+                    devices=devices,
+                )
+            )
+        per_gateway: dict[str, int] = {}
+        for device in wave.devices:
+            per_gateway[device.gateway_id] = per_gateway.get(device.gateway_id, 0) + 1
+        busiest = sorted(per_gateway.items(), key=lambda item: (-item[1], item[0]))[
+            :MAX_GATEWAYS_IN_PLAN_WAVE
+        ]
+        waves.append(
+            PlannedWaveSummary(
+                index=wave.index,
+                size=len(wave.devices),
+                soak_s=wave.soak_s,
+                gateways=[PlanGatewayShare(gateway_id=GatewayId(g), devices=n) for g, n in busiest],
+                gateway_count=len(per_gateway),
+                first_page=first,
+                pages=len(pages) - first,
+            )
+        )
+    excluded_first = len(pages)
+    for excluded in _pages_of(list(plan.excluded), budget_bytes):
+        pages.append(
+            RolloutPlanPage(
+                rollout_id=plan.rollout_id, plan_id=plan.plan_id, page=len(pages), excluded=excluded
+            )
+        )
+    summary = RolloutPlanSummary(
+        rollout_id=plan.rollout_id,
+        plan_id=plan.plan_id,
+        created_at=plan.created_at,
+        software_type=plan.software_type,
+        target_version=plan.target_version,
+        waves=waves,
+        devices=sum(wave.size for wave in waves),
+        excluded_count=len(plan.excluded),
+        excluded_sample=list(plan.excluded[:MAX_EXCLUDED_IN_SUMMARY]),
+        excluded_first_page=excluded_first,
+        excluded_pages=len(pages) - excluded_first,
+        pages=len(pages),
+        image_size_bytes=plan.image_size_bytes,
+        estimated_duration_s=plan.estimated_duration_s,
+    )
+    return summary, pages
+
+
+def assemble_plan(summary: RolloutPlanSummary, pages: Mapping[int, RolloutPlanPage]) -> RolloutPlan | None:
+    """The whole plan from its summary and pages (None while a page of this plan is missing)."""
+    wanted = [pages.get(number) for number in range(summary.pages)]
+    if any(page is None or page.plan_id != summary.plan_id for page in wanted):
+        return None
+    found = [page for page in wanted if page is not None]
+    waves = [
+        PlannedWave(
+            index=wave.index,
+            soak_s=wave.soak_s,
+            devices=[
+                device
+                for page in found[wave.first_page : wave.first_page + wave.pages]
+                for device in page.devices
+            ],
+        )
+        for wave in summary.waves
+    ]
+    excluded = [
+        device
+        for page in found[summary.excluded_first_page : summary.excluded_first_page + summary.excluded_pages]
+        for device in page.excluded
+    ]
+    return RolloutPlan(
+        rollout_id=summary.rollout_id,
+        plan_id=summary.plan_id,
+        created_at=summary.created_at,
+        software_type=summary.software_type,
+        target_version=summary.target_version,
+        waves=waves,
+        excluded=excluded,
+        image_size_bytes=summary.image_size_bytes,
+        estimated_duration_s=summary.estimated_duration_s,
+    )
 
 
 class StateCounts(msgspec.Struct, frozen=True, kw_only=True):

@@ -22,7 +22,7 @@ from schemas.inventory import DeviceCredential, DeviceReport
 from schemas.jobs import GatewayCommand, JobProgress, JobResult
 from schemas.operator import OperatorReply, OperatorRequest
 from schemas.presence import ControllerPresence, GatewayPresence
-from schemas.rollout import AuditEvent, RolloutPlan, RolloutState
+from schemas.rollout import AuditEvent, RolloutPlanPage, RolloutPlanSummary, RolloutState
 
 DEFAULT_PREFIX: Final = "mcufleet/v1"
 
@@ -42,6 +42,7 @@ class TopicKind(enum.StrEnum):
     OPERATOR_DEFAULT_REPLY = "operator_default_reply"
     ROLLOUT_STATE = "rollout_state"
     ROLLOUT_PLAN = "rollout_plan"
+    ROLLOUT_PLAN_PAGE = "rollout_plan_page"
     AUDIT = "audit"
 
 
@@ -185,12 +186,22 @@ TOPICS: Final[tuple[TopicSpec, ...]] = (
     TopicSpec(
         TopicKind.ROLLOUT_PLAN,
         "rollout/{rollout_id}/plan",
-        RolloutPlan,
+        RolloutPlanSummary,
         1,
         True,
         Role.CONTROLLER,
         (Role.OPERATOR,),
-        "A rollout's plan (preview); starting names its plan id.",
+        "A rollout's plan (preview) without its device lists; starting names its plan id.",
+    ),
+    TopicSpec(
+        TopicKind.ROLLOUT_PLAN_PAGE,
+        "rollout/{rollout_id}/plan/{page}",
+        RolloutPlanPage,
+        1,
+        True,
+        Role.CONTROLLER,
+        (Role.OPERATOR,),
+        "One page of a plan's device lists (a wave's devices or the exclusions), under 256 KB each.",
     ),
     TopicSpec(
         TopicKind.AUDIT,
@@ -221,6 +232,7 @@ class Route:
     request_id: str | None = None
     controller_id: str | None = None
     operator_id: str | None = None
+    page: str | None = None
 
 
 class TopicTree:

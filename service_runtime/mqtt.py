@@ -8,7 +8,9 @@ What it owns, so no service has to think about it again:
 - presence: a new epoch per connection, carried by the will and the retained birth, a retained
   goodbye on a clean stop, and a guard that republishes the birth when a stale will overwrote it;
 - reconnects with jittered exponential backoff and resubscription;
-- a bounded outbox drained in order while connected (a message leaves it only once acknowledged);
+- a bounded outbox drained in order while connected, with up to `max_in_flight` QoS 1 messages
+  awaiting their PUBACK at once (a message leaves it only once acknowledged; a connection that dies
+  puts the unacknowledged ones back at the head, in their order, to be sent again);
 - decoding of every inbound payload through `schemas`: bad topics and payloads are counted,
   logged and handed to `on_rejected` (which may answer them), and never reach a handler.
 """
@@ -69,6 +71,8 @@ class MqttSettings:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     outbox_limit: int = 10_000
+    max_in_flight: int = 100
+    """QoS 1 messages sent and not yet acknowledged at once (the window; paho's own limit too)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,8 @@ class Inbound:
     retain: bool
     response_topic: str = ""
     correlation_data: bytes = b""
+    payload: bytes = b""
+    """The bytes `message` was decoded from (a durable inbox stores them instead of re-encoding)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +165,8 @@ class _Outbox:
     items: deque[Outbound] = field(default_factory=deque)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+    in_flight: int = 0
+    """Messages taken from `items`, sent, and waiting for their acknowledgement."""
 
 
 class MqttSession:
@@ -211,9 +219,10 @@ class MqttSession:
         """
         if self._stopped:
             raise SessionClosed("the MQTT session is stopped")
-        if len(self._outbox.items) >= self._outbox.limit:
+        waiting = len(self._outbox.items) + self._outbox.in_flight
+        if waiting >= self._outbox.limit:
             self._metrics.outbox_refused.inc()
-            raise OutboxFull(f"{len(self._outbox.items)} messages are waiting for the broker")
+            raise OutboxFull(f"{waiting} messages are waiting for the broker")
         self._outbox.items.append(message)
         self._outbox.ready.set()
         self._outbox.drained.clear()
@@ -233,9 +242,14 @@ class MqttSession:
         return self._presence
 
     @property
+    def in_flight(self) -> int:
+        """Messages sent and awaiting their acknowledgement right now."""
+        return self._outbox.in_flight
+
+    @property
     def outbox_size(self) -> int:
         """Messages waiting to be acknowledged."""
-        return len(self._outbox.items)
+        return len(self._outbox.items) + self._outbox.in_flight
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -313,7 +327,7 @@ class MqttSession:
             tls_context = ssl.create_default_context(cafile=settings.tls.ca_file)
             if settings.tls.cert_file:
                 tls_context.load_cert_chain(settings.tls.cert_file, settings.tls.key_file or None)
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             settings.host,
             settings.port,
             identifier=settings.client_id,
@@ -326,7 +340,11 @@ class MqttSession:
             will=will,
             timeout=settings.operation_timeout_s,
             tls_context=tls_context,
+            max_inflight_messages=settings.max_in_flight,
         )
+        # A full send window is the normal state under load, not the leak aiomqtt warns about (> 10).
+        client.pending_calls_threshold = settings.max_in_flight + 10
+        return client
 
     async def _say_goodbye(self, client: aiomqtt.Client) -> None:
         """Flush what is queued, then publish the retained goodbye before the clean disconnect."""
@@ -360,25 +378,31 @@ class MqttSession:
         self._metrics.published.inc()
 
     async def _send(self, client: aiomqtt.Client) -> None:
+        """Drain the outbox with up to `max_in_flight` messages awaiting their PUBACK at once."""
         outbox = self._outbox
         this_task = asyncio.current_task()
-        while True:
-            # Python 3.11's wait_for (inside aiomqtt's publish) can swallow a cancellation that
-            # races with the PUBACK; the request is still recorded, so honour it here.
-            if this_task is not None and this_task.cancelling():
-                raise asyncio.CancelledError
-            if not outbox.items:
-                outbox.ready.clear()
-                outbox.drained.set()
-                await outbox.ready.wait()
-                continue
-            # The head leaves only after its PUBACK: a disconnect mid-publish resends it (at least once).
-            head = outbox.items[0]
-            await self._publish_now(client, head)
-            outbox.items.popleft()
-            if head.on_acknowledged is not None:
-                head.on_acknowledged()
-            self._metrics.outbox_depth.set(len(outbox.items))
+        window = _SendWindow(max(1, self.settings.max_in_flight), outbox, self._metrics)
+        try:
+            while True:
+                # Python 3.11's wait_for (inside aiomqtt's publish) can swallow a cancellation that
+                # races with the PUBACK; the request is still recorded, so honour it here.
+                if this_task is not None and this_task.cancelling():
+                    raise asyncio.CancelledError
+                if window.failure:
+                    raise window.failure[0]
+                if not outbox.items:
+                    outbox.ready.clear()
+                    if not outbox.in_flight:
+                        outbox.drained.set()
+                    await outbox.ready.wait()
+                    continue
+                await window.slot.acquire()
+                if not outbox.items or window.failure:
+                    window.slot.release()
+                    continue
+                window.start(outbox.items.popleft(), lambda message: self._publish_now(client, message))
+        finally:
+            await window.close()
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -409,7 +433,7 @@ class MqttSession:
         self._metrics.received.labels(route.kind.value).inc()
         try:
             await self._handler(
-                Inbound(topic, route, decoded, message.retain, response_topic, correlation_data)
+                Inbound(topic, route, decoded, message.retain, response_topic, correlation_data, payload)
             )
         except Exception:  # A handler bug must not end the session; it is logged and counted.
             self._metrics.handler_errors.labels(route.kind.value).inc()
@@ -434,6 +458,65 @@ class MqttSession:
             self._outbox.items.appendleft(birth)
             self._outbox.ready.set()
             self._outbox.drained.clear()
+
+
+class _SendWindow:
+    """The messages of one connection sent and awaiting their PUBACK (at most `slot`'s size)."""
+
+    def __init__(self, size: int, outbox: _Outbox, metrics: MqttMetrics) -> None:
+        self.slot = asyncio.Semaphore(size)
+        self.failure: list[BaseException] = []
+        self._outbox = outbox
+        self._metrics = metrics
+        self._sent: dict[int, Outbound] = {}
+        """In send order: what a dead connection puts back at the outbox's head."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sequence = 0
+
+    def start(self, message: Outbound, publish: Callable[[Outbound], Awaitable[None]]) -> None:
+        """Send `message` (a slot was acquired for it) and settle it when the PUBACK arrives."""
+        self._sequence += 1
+        self._sent[self._sequence] = message
+        self._outbox.in_flight += 1
+        task = asyncio.create_task(self._publish(self._sequence, message, publish), name="mqtt-publish")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish(
+        self, number: int, message: Outbound, publish: Callable[[Outbound], Awaitable[None]]
+    ) -> None:
+        outbox = self._outbox
+        try:
+            await publish(message)
+        except Exception as error:  # noqa: BLE001 (any failure to publish ends this connection, never the session)
+            if not self.failure:
+                log.warning("publish failed", topic=message.topic, error=repr(error))
+            self.failure.append(error)
+            outbox.ready.set()
+            return
+        finally:
+            self.slot.release()
+        if self._sent.pop(number, None) is None:
+            return  # the window closed first: the message was put back and will be acknowledged then
+        outbox.in_flight -= 1
+        if message.on_acknowledged is not None:
+            message.on_acknowledged()
+        self._metrics.outbox_depth.set(len(outbox.items) + outbox.in_flight)
+        if not outbox.items and not outbox.in_flight:
+            outbox.drained.set()
+
+    async def close(self) -> None:
+        """Stop waiting; what was not acknowledged goes back to the outbox's head, in order."""
+        for task in list(self._tasks):
+            task.cancel()
+        try:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            # Even when this wait is itself cancelled (or a publish ignores its cancellation, as
+            # Python 3.11's wait_for may): nothing sent and unacknowledged is ever dropped.
+            self._outbox.items.extendleft(reversed(list(self._sent.values())))
+            self._outbox.in_flight = 0
+            self._sent.clear()
 
 
 def _reply_properties(message: aiomqtt.Message) -> tuple[str, bytes]:

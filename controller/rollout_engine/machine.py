@@ -3,8 +3,9 @@
 Events are operator requests, job results and progress, gateway deaths and births, and ticks.
 
 Rules of this file:
-- No I/O and no clock: every method takes `now`; the coordinator persists `to_snapshot()` and
-  carries out the returned effects after each call.
+- No I/O and no clock: every method takes `now`; the coordinator persists `take_changes()` (the
+  small header, the plan when it changed, and only the devices whose record changed) and carries
+  out the returned effects after each call.
 - A device has at most one job in flight; a job id is used once; a result for any other job id
   than the device's current one is stale and ignored.
 - Attempts count only real tries at the device: load shedding (GATEWAY_BUSY), waiting for a radio
@@ -20,6 +21,7 @@ import hashlib
 import heapq
 import math
 from collections import deque
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -58,7 +60,24 @@ UNHEARD_RECHECK_S = 2.0
 """How often a device waiting for a gateway is looked at again."""
 MAX_SKIPS_PER_TICK = 256
 _DECODER = msgspec.msgpack.Decoder(RolloutSnapshot)
+_PLAN_DECODER = msgspec.msgpack.Decoder(RolloutPlan)
+_DEVICE_DECODER = msgspec.msgpack.Decoder(DeviceRecord)
 _ENCODER = msgspec.msgpack.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutChanges:
+    """What changed in a machine since the last `take_changes()`: the unit the store saves.
+
+    `header` is the snapshot without its plan and devices (small, written whenever the rollout
+    changed); `plan` is set only when a new plan was adopted; `devices` holds only the records that
+    changed, and `replace_devices` says the rollout's device rows must be replaced (a new plan).
+    """
+
+    header: bytes
+    plan: bytes | None
+    devices: list[tuple[str, bytes]]
+    replace_devices: bool
 
 
 def _ts(now: datetime) -> float:
@@ -75,6 +94,8 @@ class RolloutMachine:
         self._backoff: list[tuple[float, str]] = []
         self._in_flight: dict[str, DeviceRecord] = {}
         self._jobs: dict[str, str] = {}
+        self._dirty: set[str] = set()
+        self._plan_dirty = False
         self._rebuild_indexes()
 
     # --- construction and persistence --------------------------------------------------------
@@ -93,8 +114,53 @@ class RolloutMachine:
         return cls(_DECODER.decode(data))
 
     def to_snapshot(self) -> bytes:
-        """Everything needed to continue exactly here after a restart."""
+        """Everything needed to continue exactly here after a restart (one blob: tests, diagnostics)."""
         return _ENCODER.encode(self._s)
+
+    @classmethod
+    def from_parts(
+        cls, header: bytes, plan: bytes | None, devices: list[tuple[str, bytes]]
+    ) -> RolloutMachine:
+        """Restore a machine saved with `take_changes` (a header, its plan, its device rows).
+
+        A header that still holds its plan and devices (a whole snapshot, as saved before device rows
+        existed) is read as such; every device then counts as changed so the next save writes rows.
+        """
+        snapshot = _DECODER.decode(header)
+        legacy = bool(snapshot.devices)
+        if plan is not None:
+            snapshot.plan = _PLAN_DECODER.decode(plan)
+        snapshot.devices.update((serial, _DEVICE_DECODER.decode(record)) for serial, record in devices)
+        if snapshot.plan is not None:
+            snapshot.order = [
+                planned.device_serial
+                for wave in snapshot.plan.waves
+                for planned in wave.devices
+                if planned.device_serial in snapshot.devices
+            ]
+        machine = cls(snapshot)
+        if legacy:
+            machine._plan_dirty = True
+        return machine
+
+    @property
+    def has_changes(self) -> bool:
+        """Whether a device record or the plan changed since the last `take_changes()`."""
+        return self._plan_dirty or bool(self._dirty)
+
+    def take_changes(self) -> RolloutChanges:
+        """The header, the plan if it changed, and every device record changed since the last call."""
+        header = _ENCODER.encode(msgspec.structs.replace(self._s, plan=None, devices={}, order=[]))
+        if self._plan_dirty:
+            plan = _ENCODER.encode(self._s.plan) if self._s.plan is not None else None
+            devices = [(serial, _ENCODER.encode(self._s.devices[serial])) for serial in self._s.order]
+        else:
+            plan = None
+            devices = [(serial, _ENCODER.encode(self._s.devices[serial])) for serial in sorted(self._dirty)]
+        replace = self._plan_dirty
+        self._plan_dirty = False
+        self._dirty.clear()
+        return RolloutChanges(header, plan, devices, replace)
 
     def _rebuild_indexes(self) -> None:
         waves = len(self._s.plan.waves) if self._s.plan else 0
@@ -235,6 +301,8 @@ class RolloutMachine:
         self._s.plan, self._s.devices, self._s.order = plan, devices, order
         self._s.status = RolloutStatus.PLANNED
         self._rebuild_indexes()
+        self._plan_dirty = True
+        self._dirty.clear()
         size = sum(len(w.devices) for w in plan.waves)
         return [Audit("planned", f"plan {plan.plan_id}: {size} devices in {len(plan.waves)} waves")]
 
@@ -315,8 +383,9 @@ class RolloutMachine:
         """A job reported progress: its no-progress deadline moves."""
         serial = self._jobs.get(job_id)
         record = self._in_flight.get(serial) if serial else None
-        if record is not None and record.job_id == job_id:
+        if serial is not None and record is not None and record.job_id == job_id:
             record.progress_at = _ts(now)
+            self._dirty.add(serial)
 
     def on_result(
         self, job_id: str, outcome: JobOutcome, reason: ReasonCode, retryable: bool, now: datetime
@@ -377,24 +446,6 @@ class RolloutMachine:
             if record.state is DeviceJobState.UNREACHABLE and record.reason == NO_GATEWAY:
                 self._set_state(serial, DeviceJobState.PENDING, f"gateway {gateway_id} online")
         return []
-
-    def reconcile(self) -> list[Dispatch]:
-        """Commands to send again for every job in flight (a new leader asks what became of them).
-
-        The job ids are the same, so an agent that finished a job repeats its result and one that
-        is still running it reports progress: nothing runs twice.
-        """
-        deadline_s = self._s.spec.deadlines.job_total_s
-        return [
-            Dispatch(
-                record.job_id,
-                serial,
-                record.gateway,
-                record.attempts,
-                datetime.fromtimestamp(record.dispatched_at + deadline_s, UTC),
-            )
-            for serial, record in self._in_flight.items()
-        ]
 
     # --- the tick ----------------------------------------------------------------------------
 
@@ -614,3 +665,4 @@ class RolloutMachine:
             else:
                 self._ready[record.wave].append(serial)
         record.state, record.reason = state, reason
+        self._dirty.add(serial)

@@ -63,11 +63,17 @@ class DeviceRecord:
 
 @dataclass(frozen=True, slots=True)
 class RolloutRecord:
-    """A rollout's persisted machine snapshot."""
+    """A rollout as saved: its header snapshot, its plan (when it changed) and changed device rows."""
 
     rollout_id: str
     status: str
     snapshot: bytes
+    plan: bytes | None = None
+    """Saved only when a new plan was adopted (None keeps the stored one)."""
+    devices: Sequence[tuple[str, bytes]] = ()
+    """(serial, record) of devices whose record changed; on load, every device of the rollout."""
+    replace_devices: bool = False
+    """Delete the rollout's stored device rows first (a new plan replaces the device set)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,9 +374,23 @@ class FleetStore:
     # --- rollouts, outbox, audit (fenced by the lease epoch) -----------------------------------
 
     def load_rollouts(self) -> list[RolloutRecord]:
-        """Every rollout's latest snapshot."""
-        rows = self.db.fetchall("SELECT rollout_id, status, snapshot FROM rollout ORDER BY created_at")
-        return [RolloutRecord(str(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+        """Every rollout: header, plan and all of its device rows."""
+        devices: dict[str, list[tuple[str, bytes]]] = {}
+        for rollout_id, serial, record in self.db.fetchall(
+            "SELECT rollout_id, serial, record FROM rollout_device ORDER BY rollout_id, serial"
+        ):
+            devices.setdefault(str(rollout_id), []).append((str(serial), bytes(record)))
+        rows = self.db.fetchall("SELECT rollout_id, status, snapshot, plan FROM rollout ORDER BY created_at")
+        return [
+            RolloutRecord(
+                str(r[0]),
+                str(r[1]),
+                bytes(r[2]),
+                None if r[3] is None else bytes(r[3]),
+                tuple(devices.get(str(r[0]), ())),
+            )
+            for r in rows
+        ]
 
     def rollout_exists(self, rollout_id: str) -> bool:
         """Whether a rollout with this id was ever created."""
@@ -396,6 +416,22 @@ class FleetStore:
             (kind, payload, reply_topic, correlation, now_s, sender),
         )
 
+    def add_many_to_inbox(self, items: Sequence[tuple[str, bytes, str, bytes, float, str]]) -> list[int]:
+        """Queue many (kind, payload, reply topic, correlation, received at, sender) in one transaction.
+
+        Returns the row ids, in order (the leader keeps the decoded messages under them).
+        """
+        row_ids = []
+        with self.db.transaction():
+            for item in items:
+                rows = self.db.fetchall(
+                    "INSERT INTO inbox (kind, payload, reply_topic, correlation, received_at, sender)"
+                    " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                    item,
+                )
+                row_ids.append(int(rows[0][0]))
+        return row_ids
+
     def inbox(self, limit: int = 10_000) -> list[InboxItem]:
         """The oldest inbox items (removed by `save_transition` once handled)."""
         rows = self.db.fetchall(
@@ -419,10 +455,11 @@ class FleetStore:
         now_s: float,
         handled_inbox: Sequence[int] = (),
         replies: Sequence[tuple[str, bytes]] = (),
-        job_commands: Sequence[tuple[str, str, bytes]] = (),
         accepted_key_changes: Sequence[tuple[str, str]] = (),
     ) -> list[PendingCommand]:
-        """Save rollout snapshots, commands, audit lines, handled inbox items and replies atomically.
+        """Save rollout changes, commands, audit lines, handled inbox items and replies atomically.
+
+        Each rollout writes its header, its plan only when it changed, and only its changed devices.
 
         `accepted_key_changes` are (serial, fingerprint) pairs an operator accepted: each pending key
         with that fingerprint becomes the device's key in the same transaction.
@@ -440,15 +477,22 @@ class FleetStore:
                 " snapshot = excluded.snapshot, updated_at = excluded.updated_at",
                 [(r.rollout_id, r.status, r.snapshot, now_s, now_s) for r in rollouts],
             )
+            for record in rollouts:
+                if record.plan is not None:
+                    self.db.execute(
+                        "UPDATE rollout SET plan = ? WHERE rollout_id = ?", (record.plan, record.rollout_id)
+                    )
+                if record.replace_devices:
+                    self.db.execute("DELETE FROM rollout_device WHERE rollout_id = ?", (record.rollout_id,))
+            self.db.executemany(
+                "INSERT INTO rollout_device (rollout_id, serial, record) VALUES (?, ?, ?)"
+                " ON CONFLICT (rollout_id, serial) DO UPDATE SET record = excluded.record",
+                [(r.rollout_id, serial, device) for r in rollouts for serial, device in r.devices],
+            )
             self.db.executemany(
                 "INSERT INTO audit (at, event) VALUES (?, ?)", [(now_s, event) for event in audit]
             )
             self.db.executemany("DELETE FROM inbox WHERE id = ?", [(row_id,) for row_id in handled_inbox])
-            self.db.executemany(
-                "INSERT INTO job_command (job_id, topic, payload) VALUES (?, ?, ?)"
-                " ON CONFLICT (job_id) DO NOTHING",
-                list(job_commands),
-            )
             self.db.executemany(
                 "INSERT INTO operator_reply (request_id, reply, at) VALUES (?, ?, ?)"
                 " ON CONFLICT (request_id) DO NOTHING",
@@ -474,11 +518,6 @@ class FleetStore:
             self.save_credential(serial, str(rows[0][0]), fingerprint)
             self.db.execute("DELETE FROM pending_key_change WHERE serial = ?", (serial,))
 
-    def job_command(self, job_id: str) -> tuple[str, bytes] | None:
-        """The (topic, payload) of the command a job was dispatched with (to send it again)."""
-        rows = self.db.fetchall("SELECT topic, payload FROM job_command WHERE job_id = ?", (job_id,))
-        return (str(rows[0][0]), bytes(rows[0][1])) if rows else None
-
     def pending_commands(self) -> list[PendingCommand]:
         """Commands saved but not yet acknowledged by the broker, oldest first."""
         rows = self.db.fetchall("SELECT id, topic, payload FROM command_outbox ORDER BY id")
@@ -487,6 +526,11 @@ class FleetStore:
     def acknowledge_command(self, row_id: int) -> None:
         """The broker acknowledged this command."""
         self.db.execute("DELETE FROM command_outbox WHERE id = ?", (row_id,))
+
+    def acknowledge_commands(self, row_ids: Sequence[int]) -> None:
+        """The broker acknowledged these commands (one transaction for a whole window of PUBACKs)."""
+        with self.db.transaction():
+            self.db.executemany("DELETE FROM command_outbox WHERE id = ?", [(row_id,) for row_id in row_ids])
 
     def audit_events(self, limit: int = 1000) -> list[bytes]:
         """The newest audit events, oldest first."""

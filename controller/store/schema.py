@@ -118,6 +118,20 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         at DOUBLE PRECISION NOT NULL
     );
     """,
+    # Persistence that follows change: a rollout row keeps a small header and (once) its plan, and
+    # each device's record is its own row, written only when that device changed. `job_command`
+    # fed a takeover re-send that was never wired: the outbox already re-sends what the broker did
+    # not acknowledge, and the agent's journal answers a repeated job id.
+    """
+    ALTER TABLE rollout ADD COLUMN plan {BLOB};
+    CREATE TABLE rollout_device (
+        rollout_id TEXT NOT NULL,
+        serial TEXT NOT NULL,
+        record {BLOB} NOT NULL,
+        PRIMARY KEY (rollout_id, serial)
+    );
+    DROP TABLE job_command;
+    """,
 )
 
 

@@ -11,12 +11,15 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import httpx
+import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.rollout_engine.machine import RolloutMachine
 from controller.store.opening import open_store
-from schemas import DeviceJobState, OtaCommand, RolloutState, StateCounts, TopicKind, channels
+from schemas import DeviceJobState, OtaCommand, RolloutState, StateCounts
 from simulator.device import BootOutcome
 from tests.chaos.world import ROLLOUT, TARGET, ChaosWorld
 
@@ -29,15 +32,17 @@ def _store_view(world: ChaosWorld) -> tuple[RolloutMachine, list[OtaCommand]]:
     store = open_store(world.store_url)
     try:
         record = next(r for r in store.load_rollouts() if r.rollout_id == ROLLOUT)
-        payloads = [bytes(row[0]) for row in store.db.fetchall("SELECT payload FROM job_command")]
     finally:
         store.db.close()
-    commands = []
-    for payload in payloads:
-        command = channels.decode(TopicKind.GATEWAY_COMMAND, payload)
-        if isinstance(command, OtaCommand):
-            commands.append(command)
-    return RolloutMachine.from_snapshot(record.snapshot), commands
+    # Every command the agent ever accepted, from its own journal (what it could have run).
+    journal = sqlite3.connect(world.agent_journal)
+    try:
+        payloads = [bytes(row[0]) for row in journal.execute("SELECT command FROM job").fetchall()]
+    finally:
+        journal.close()
+    commands = [msgspec.json.decode(payload, type=OtaCommand) for payload in payloads]
+    machine = RolloutMachine.from_parts(record.snapshot, record.plan, list(record.devices))
+    return machine, commands
 
 
 def _metric_counts(world: ChaosWorld) -> dict[str, float]:

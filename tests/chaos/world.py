@@ -88,6 +88,8 @@ class ChaosWorld:
     serials: list[str]
     wall_minus_loop_s: float
     """Add to a simulator timestamp (loop time) to get wall-clock seconds."""
+    agent_journal: Path
+    """The agent's job journal: every command it accepted."""
 
     async def start_rollout(self) -> None:
         """Create and start one single-wave rollout over every device, as an operator does."""
@@ -192,6 +194,7 @@ async def chaos_world(
                 metrics_port=metrics_port,
                 serials=serials,
                 wall_minus_loop_s=time.time() - asyncio.get_running_loop().time(),
+                agent_journal=tmp_path / "gw-0" / "journal.sqlite3",
             )
         finally:
             await agent.stop()

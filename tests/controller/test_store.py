@@ -235,3 +235,38 @@ def test_inbox_items_keep_their_sender_and_audit_lines_append(store: FleetStore)
     ]
     store.append_audit([b'{"a":1}', b'{"a":2}'], 3.0)
     assert store.audit_events()[-2:] == [b'{"a":1}', b'{"a":2}']
+
+
+def test_inbox_batches_and_acknowledgement_batches_each_take_one_transaction(store: FleetStore) -> None:
+    """A batch of inbox rows comes back with its ids in order; a batch of PUBACKs deletes those rows only."""
+    row_ids = store.add_many_to_inbox(
+        [("job_result", b"r1", "", b"", 1.0, "gw-1"), ("job_progress", b"p1", "", b"", 1.0, "gw-2")]
+    )
+    assert [(item.row_id, item.payload, item.sender) for item in store.inbox()] == [
+        (row_ids[0], b"r1", "gw-1"),
+        (row_ids[1], b"p1", "gw-2"),
+    ]
+    epoch = store.acquire_lease("ctl-a", now_s=0.0, ttl_s=10.0)
+    assert epoch is not None
+    pending = store.save_transition(
+        lease_epoch=epoch, rollouts=[], commands=[(f"t/{i}", b"c") for i in range(5)], audit=[], now_s=1.0
+    )
+    store.acknowledge_commands([pending[0].row_id, pending[3].row_id])
+    assert [p.topic for p in store.pending_commands()] == ["t/1", "t/2", "t/4"]
+
+
+def test_rollout_device_rows_are_upserted_and_replaced_with_a_new_plan(store: FleetStore) -> None:
+    """Changed rows overwrite their own, a new plan replaces them all, an unsent plan is kept."""
+    epoch = store.acquire_lease("ctl-a", now_s=0.0, ttl_s=10.0)
+    assert epoch is not None
+
+    def save(record: RolloutRecord) -> None:
+        store.save_transition(lease_epoch=epoch, rollouts=[record], commands=[], audit=[], now_s=1.0)
+
+    save(RolloutRecord("r1", "planned", b"h1", b"plan1", [("A", b"a1"), ("B", b"b1")], replace_devices=True))
+    save(RolloutRecord("r1", "running", b"h2", None, [("B", b"b2")]))
+    assert store.load_rollouts() == [
+        RolloutRecord("r1", "running", b"h2", b"plan1", (("A", b"a1"), ("B", b"b2")))
+    ]
+    save(RolloutRecord("r1", "planned", b"h3", b"plan2", [("C", b"c1")], replace_devices=True))
+    assert store.load_rollouts() == [RolloutRecord("r1", "planned", b"h3", b"plan2", (("C", b"c1"),))]

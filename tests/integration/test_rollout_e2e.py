@@ -12,7 +12,7 @@ import aiomqtt
 import pytest
 
 from agent.service import AgentService
-from controller.operator_cli import send_request
+from controller.operator_cli import read_plan, send_request
 from controller.service import ControllerService
 from schemas import (
     CreateRollout,
@@ -125,7 +125,8 @@ async def create_and_start(client: aiomqtt.Client, rollout_id: str, spec: Rollou
         15,
     )
     assert reply is not None and reply.status is ReplyStatus.ACCEPTED, reply
-    plan = await latest(client, TopicKind.ROLLOUT_PLAN, rollout_id, lambda p: isinstance(p, RolloutPlan))
+    plan = await read_plan(client, TREE, rollout_id, ROLLOUT_WAIT_S)
+    assert plan is not None, "no plan published"
     reply = await send_request(
         client,
         TREE,
@@ -137,7 +138,7 @@ async def create_and_start(client: aiomqtt.Client, rollout_id: str, spec: Rollou
         15,
     )
     assert reply is not None and reply.status is ReplyStatus.ACCEPTED, reply
-    return plan  # type: ignore[no-any-return]
+    return plan
 
 
 async def test_three_wave_rollout_over_three_gateways_updates_every_device(

@@ -36,6 +36,7 @@ from schemas import (
     TopicKind,
     Transport,
     WaveSpec,
+    paginate_plan,
 )
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -46,7 +47,7 @@ ROLLOUT = RolloutId("r-2026-11")
 SHA = "ab" * 32
 
 
-def example(kind: TopicKind) -> msgspec.Struct:  # noqa: PLR0911 (one return per topic kind)
+def example(kind: TopicKind) -> msgspec.Struct:  # noqa: PLR0911, PLR0912 (one return per topic kind)
     """Return a valid payload for topics of `kind`."""
     match kind:
         case TopicKind.GATEWAY_PRESENCE:
@@ -131,22 +132,27 @@ def example(kind: TopicKind) -> msgspec.Struct:  # noqa: PLR0911 (one return per
                 updated_at=NOW,
             )
         case TopicKind.ROLLOUT_PLAN:
-            return RolloutPlan(
-                rollout_id=ROLLOUT,
-                plan_id="p-1",
-                created_at=NOW,
-                software_type="app",
-                target_version="1.1.0",
-                waves=[
-                    PlannedWave(
-                        index=0,
-                        devices=[
-                            PlannedDevice(
-                                device_serial=SERIAL, gateway_id=GATEWAY, hardware_version="nrf54l15dk"
-                            )
-                        ],
-                    )
-                ],
-            )
+            return paginate_plan(example_plan())[0]
+        case TopicKind.ROLLOUT_PLAN_PAGE:
+            return paginate_plan(example_plan())[1][0]
         case TopicKind.AUDIT:
             return AuditEvent(at=NOW, actor="alice", action="create", rollout_id=ROLLOUT)
+
+
+def example_plan() -> RolloutPlan:
+    """A one-device plan, whole (as the controller holds it before paging it)."""
+    return RolloutPlan(
+        rollout_id=ROLLOUT,
+        plan_id="p-1",
+        created_at=NOW,
+        software_type="app",
+        target_version="1.1.0",
+        waves=[
+            PlannedWave(
+                index=0,
+                devices=[
+                    PlannedDevice(device_serial=SERIAL, gateway_id=GATEWAY, hardware_version="nrf54l15dk")
+                ],
+            )
+        ],
+    )

@@ -15,6 +15,7 @@ IDS = {
     "request_id": "req.1",
     "controller_id": "ctl-a",
     "operator_id": "alice",
+    "page": "3",
 }
 
 
