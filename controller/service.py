@@ -124,6 +124,12 @@ class ControllerService:
             self.executor,
             request_rebirth=self._request_rebirth,
             monotonic=monotonic,
+            max_batch=settings.ingest.max_batch,
+            linger_s=settings.ingest.linger_s,
+            key_wait_s=settings.ingest.key_wait_s,
+            rebirth_gateway_interval_s=settings.ingest.rebirth_gateway_interval_s,
+            rebirth_fleet_per_s=settings.ingest.rebirth_fleet_per_s,
+            rebirth_fleet_burst=settings.ingest.rebirth_fleet_burst,
             allowed_project_keys=settings.memfault.allowed_project_keys,
         )
         self.coordinator = RolloutCoordinator(
@@ -150,9 +156,10 @@ class ControllerService:
                 password=mqtt.password,
                 tls=TlsSettings(mqtt.ca_file, mqtt.cert_file, mqtt.key_file) if mqtt.ca_file else None,
                 keepalive_s=mqtt.keepalive_s,
-                # Replicas on shared subscriptions keep no session: an offline replica must not hold
-                # a share of the messages (the store, not the broker queue, is the truth).
-                session_expiry_s=0,
+                # Short but not zero: what the broker queued survives a connection drop or a broker
+                # restart, while a replica gone for good holds its share of the shared subscriptions
+                # only until its session expires (mosquitto keeps assigning it its round-robin share).
+                session_expiry_s=mqtt.session_expiry_s,
                 outbox_limit=mqtt.outbox_limit,
             ),
             tree=self.tree,
@@ -429,12 +436,14 @@ class _FirehoseReports:
     def __init__(self, firehose: MqttFirehose) -> None:
         self._firehose = firehose
 
-    def drain_reports(self, limit: int) -> list[tuple[DeviceReport, bool]]:
-        return [
+    def drain_reports(self, limit: int) -> tuple[list[tuple[DeviceReport, bool]], Callable[[], None]]:
+        messages, acknowledge = self._firehose.drain(limit)
+        reports = [
             (report, retained)
-            for route, report, retained in self._firehose.drain(limit)
+            for route, report, retained in messages
             if isinstance(report, DeviceReport) and report.gateway_id == route.gateway_id
         ]
+        return reports, acknowledge
 
     @property
     def queued(self) -> int:

@@ -24,6 +24,10 @@ class MqttConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     topic_prefix: str = "mcufleet/v1"
     share_group: str = "controllers"
     outbox_limit: Annotated[int, msgspec.Meta(ge=10)] = 200_000
+    session_expiry_s: Annotated[int, msgspec.Meta(ge=0, le=7 * 24 * 3600)] = 120
+    """How long the broker keeps this replica's MQTT 5 session (and queues for it) while it is away:
+    long enough for a connection drop or a broker restart, short because a replica that is gone for
+    good keeps its round-robin share of the shared subscriptions until its session expires."""
 
 
 class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -76,6 +80,22 @@ class SchedulerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reboot_s: PositiveSeconds = 30.0
 
 
+class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How reports and credentials are batched into the store, and how rebirths are rationed."""
+
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 5000
+    linger_s: Annotated[float, msgspec.Meta(ge=0, le=5)] = 0.05
+    """How long a burst may gather before a batch is written."""
+    key_wait_s: PositiveSeconds = 15.0
+    """How long a report whose project key has not arrived waits for its credential before the
+    controller asks that gateway for one rebirth (credentials are never retained)."""
+    rebirth_gateway_interval_s: PositiveSeconds = 30.0
+    """At most one rebirth request per gateway per this interval."""
+    rebirth_fleet_per_s: PositiveSeconds = 20.0
+    """Fleet-wide rebirth requests per second once `rebirth_fleet_burst` is spent."""
+    rebirth_fleet_burst: Annotated[int, msgspec.Meta(ge=1)] = 100
+
+
 class ControllerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Everything the controller reads from its config."""
 
@@ -86,5 +106,6 @@ class ControllerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    ingest: IngestConfig = IngestConfig()
     operator_keys: dict[str, str] = msgspec.field(default_factory=dict)
     """Operator key id -> base64 Ed25519 public key; when set, requests must be signed."""

@@ -6,6 +6,12 @@ message and wakes the consumer when the queue stops being empty; the consumer `d
 time, decoding through `schemas` on its own thread. Handing over batches rather than messages keeps
 the two threads from trading the GIL once per message, which cost more than the decoding itself.
 Bad payloads are counted and dropped exactly as in the session. paho reconnects by itself.
+
+The session persists (MQTT 3.1.1 `clean_session=False`, a stable client id) and QoS 1 messages are
+acknowledged by the consumer only once it has stored them (paho's manual acks): what the broker
+queued while this connection was away, and what was received but not yet stored when the process
+died, is delivered again. A message received on an earlier connection is never acknowledged on a
+later one (its packet id may name another message by then); the broker sends it again instead.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ log = structlog.get_logger(__name__)
 
 FirehoseMessage = tuple[Route, object, bool]
 """(route, decoded payload, retained)."""
+_Raw = tuple[str, bytes | bytearray, bool, int, int]
+"""(topic, payload, retained, packet id or 0 for QoS 0, connection number)."""
 
 
 class MqttFirehose:
@@ -45,20 +53,23 @@ class MqttFirehose:
         self._tree = tree
         self._subscriptions = tuple(subscriptions)
         self._on_ready = on_ready
-        self._raw: deque[tuple[str, bytes | bytearray, bool]] = deque()
+        self._raw: deque[_Raw] = deque()
+        self._connection = 0
         self._raw_lock = threading.Lock()
         self.arrived = 0
         """Messages received since start, before any decoding (for measurements)."""
         self._metrics = metrics
         self._settings = settings
-        # MQTT 3.1.1: this connection only subscribes (shared subscriptions work in 3.1.1 on mosquitto,
+        # MQTT 3.1.1 (so no session expiry: the broker's persistent_client_expiration bounds it): this
+        # connection only subscribes (shared subscriptions work in 3.1.1 on mosquitto,
         # EMQX, HiveMQ), and paho parses 3.1.1 publishes about twice as fast as MQTT 5 ones, whose
         # property decoding dominated the cost per report.
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
-            clean_session=True,
+            clean_session=False,
             protocol=mqtt.MQTTv311,
+            manual_ack=True,
         )
         if settings.username:
             client.username_pw_set(settings.username, settings.password or None)
@@ -93,6 +104,8 @@ class MqttFirehose:
     def _on_connect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: object, properties: object
     ) -> None:
+        with self._raw_lock:
+            self._connection += 1
         for subscription in self._subscriptions:
             _, mid = client.subscribe(subscription.topic, qos=subscription.qos)
             if mid is not None:
@@ -109,17 +122,30 @@ class MqttFirehose:
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         with self._raw_lock:
             was_empty = not self._raw
-            self._raw.append((message.topic, message.payload, bool(message.retain)))
+            self._raw.append(
+                (
+                    message.topic,
+                    message.payload,
+                    bool(message.retain),
+                    message.mid if message.qos else 0,
+                    self._connection,
+                )
+            )
             self.arrived += 1
         if was_empty:
             self._on_ready()
 
-    def drain(self, limit: int) -> list[FirehoseMessage]:
-        """Decode and return up to `limit` queued messages, oldest first (any thread but paho's)."""
+    def drain(self, limit: int) -> tuple[list[FirehoseMessage], Callable[[], None]]:
+        """Decode up to `limit` queued messages, oldest first (any thread but paho's).
+
+        Returns them with the function that acknowledges all of them (bad ones too) to the broker:
+        call it once they are stored.
+        """
         with self._raw_lock:
             raw = [self._raw.popleft() for _ in range(min(limit, len(self._raw)))]
         decoded: list[FirehoseMessage] = []
-        for topic, payload, retained in raw:
+        unacknowledged = [(mid, connection) for _, _, _, mid, connection in raw if mid]
+        for topic, payload, retained, _, _ in raw:
             if not payload:
                 continue  # a cleared retained message
             route = None
@@ -132,7 +158,14 @@ class MqttFirehose:
                 continue
             self._metrics.received.labels(route.kind.value).inc()
             decoded.append((route, message, retained))
-        return decoded
+        return decoded, lambda: self._acknowledge(unacknowledged)
+
+    def _acknowledge(self, messages: list[tuple[int, int]]) -> None:
+        with self._raw_lock:
+            current = self._connection
+        for mid, connection in messages:
+            if connection == current:
+                self._client.ack(mid, 1)
 
     @property
     def queued(self) -> int:

@@ -9,7 +9,7 @@ fenced by the lease epoch, so a paused former leader that wakes up cannot write 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -21,6 +21,8 @@ from schemas import DeviceReport, GatewayPresence, Reachability, supersedes
 
 _REPORT_ENCODER = msgspec.json.Encoder()
 _REPORT_DECODER = msgspec.json.Decoder(DeviceReport)
+_IN_CHUNK = 500
+"""Serials per `IN (...)` list (SQLite allows 32,766 parameters; PostgreSQL 65,535)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +254,60 @@ class FleetStore:
                 (serial, project_key, fingerprint, gateway_id, now_s),
             )
             return CredentialOffer.PENDING
+
+    def credential_keys(self, serials: Collection[str]) -> tuple[dict[str, str], dict[str, str]]:
+        """(saved project keys, keys pending an operator) of these devices, by serial."""
+        saved: dict[str, str] = {}
+        pending: dict[str, str] = {}
+        ordered = sorted(set(serials))
+        for start in range(0, len(ordered), _IN_CHUNK):
+            chunk = ordered[start : start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            # Only placeholders are formatted in; the serials travel as parameters.
+            for serial, key in self.db.fetchall(
+                f"SELECT serial, project_key FROM credential WHERE serial IN ({marks})",  # noqa: S608
+                chunk,
+            ):
+                saved[str(serial)] = str(key)
+            for serial, key in self.db.fetchall(
+                f"SELECT serial, project_key FROM pending_key_change WHERE serial IN ({marks})",  # noqa: S608
+                chunk,
+            ):
+                pending[str(serial)] = str(key)
+        return saved, pending
+
+    def apply_ingest(
+        self,
+        credentials: Sequence[tuple[str, str, str]],
+        pending: Sequence[PendingKeyChange],
+        pending_keys: Sequence[str],
+        reports: Sequence[DeviceReport],
+    ) -> int:
+        """Save credentials, park key changes and apply reports in one transaction.
+
+        `credentials` are (serial, key, fingerprint); `pending_keys[i]` is the project key of
+        `pending[i]`. Returns how many reports were applied.
+        """
+        with self.db.transaction():
+            if credentials:
+                self.db.executemany(
+                    "INSERT INTO credential (serial, project_key, fingerprint) VALUES (?, ?, ?)"
+                    " ON CONFLICT (serial) DO UPDATE SET project_key = excluded.project_key,"
+                    " fingerprint = excluded.fingerprint",
+                    credentials,
+                )
+            if pending:
+                self.db.executemany(
+                    "INSERT INTO pending_key_change (serial, project_key, fingerprint, gateway_id, at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (serial) DO UPDATE SET"
+                    " project_key = excluded.project_key, fingerprint = excluded.fingerprint,"
+                    " gateway_id = excluded.gateway_id, at = excluded.at",
+                    [
+                        (change.serial, key, change.fingerprint, change.gateway_id, change.at_s)
+                        for change, key in zip(pending, pending_keys, strict=True)
+                    ],
+                )
+            return self.apply_reports(reports)
 
     def pending_key_change(self, serial: str) -> PendingKeyChange | None:
         """The key change waiting for an operator for this device, if any."""
