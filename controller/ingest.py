@@ -4,9 +4,7 @@ Device reports wait in their source's queue (the firehose: raw messages queued b
 thread) and credentials in this object's queue. When either stops being empty the writer lets a
 burst gather for `linger_s`, then drains both on the store thread a batch at a time: decode,
 sequence check, trust rules and one transaction per batch holding the credentials and the reports
-together, so the event loop never touches a report and a credential costs no commit of its own. The
-source's messages are acknowledged to the broker only after that commit, so a controller killed
-mid-batch gets them again from its session.
+together, so the event loop never touches a report and a credential costs no commit of its own.
 
 A report naming a project key the store does not hold yet waits `key_wait_s` for its credential
 (credentials travel on another subscription and may arrive after the report, or at another
@@ -79,17 +77,11 @@ class IngestStats:
     """Refused gateway messages by (kind, reason), see `gateway_trust.REFUSAL_LABELS`."""
 
 
-Acknowledge = Callable[[], None]
-
-
 class ReportSource(Protocol):
     """Where device reports wait until the writer drains them."""
 
-    def drain_reports(self, limit: int) -> tuple[list[tuple[DeviceReport, bool]], Acknowledge]:
-        """Up to `limit` queued (report, retained) pairs, oldest first, bad ones already dropped.
-
-        Also returns what to call once they are durably stored (the broker then forgets them).
-        """
+    def drain_reports(self, limit: int) -> list[tuple[DeviceReport, bool]]:
+        """Up to `limit` queued (report, retained) pairs, oldest first; bad ones already dropped."""
         ...
 
     @property
@@ -219,10 +211,7 @@ class Ingest:
             offered = [
                 self._credentials.popleft() for _ in range(min(self._max_batch, len(self._credentials)))
             ]
-        drained: list[tuple[DeviceReport, bool]] = []
-        acknowledge: Acknowledge = _nothing
-        if self._source is not None:
-            drained, acknowledge = self._source.drain_reports(self._max_batch)
+        drained = self._source.drain_reports(self._max_batch) if self._source is not None else []
         batch = [report for report, _ in drained]
         with self._store.db.transaction():
             decisions = self._decide(offered)
@@ -231,8 +220,6 @@ class Ingest:
             )
             if decisions.audit:
                 self._store.append_audit(decisions.audit, offered[0].at_s)
-        # Only now may the broker forget these messages (a crash before this line gets them again).
-        acknowledge()
         self._after_commit(decisions)
         now_s = self._monotonic()
         with self._lock:
@@ -429,7 +416,3 @@ class Ingest:
                 self._audited.clear()
             self._audited.add(marker)
             return True
-
-
-def _nothing() -> None:
-    """Nothing to acknowledge."""

@@ -436,14 +436,12 @@ class _FirehoseReports:
     def __init__(self, firehose: MqttFirehose) -> None:
         self._firehose = firehose
 
-    def drain_reports(self, limit: int) -> tuple[list[tuple[DeviceReport, bool]], Callable[[], None]]:
-        messages, acknowledge = self._firehose.drain(limit)
-        reports = [
+    def drain_reports(self, limit: int) -> list[tuple[DeviceReport, bool]]:
+        return [
             (report, retained)
-            for route, report, retained in messages
+            for route, report, retained in self._firehose.drain(limit)
             if isinstance(report, DeviceReport) and report.gateway_id == route.gateway_id
         ]
-        return reports, acknowledge
 
     @property
     def queued(self) -> int:
