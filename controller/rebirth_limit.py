@@ -72,6 +72,11 @@ class RebirthLimiter:
         self._fleet.take(now_s)
         return True
 
+    @property
+    def gateways_tracked(self) -> int:
+        """Gateways with a bucket in memory."""
+        return len(self._gateways)
+
     def fleet_available(self, now_s: float) -> bool:
         """Whether the fleet bucket holds a token (callers stop scanning their queue when not)."""
         return self._fleet.available(now_s)
