@@ -49,6 +49,8 @@ AUDITED_REFUSALS_KEPT: Final = 100_000
 
 HOUSEKEEPING_S: Final = 0.5
 """How often expired key waits and rebirths held back by the buckets are looked at while idle."""
+MAX_QUEUED_CREDENTIALS: Final = 1_000_000
+"""Credentials waiting for a batch at most (memory bound under a flood)."""
 MAX_AWAITING_KEYS: Final = 1_000_000
 """Devices waiting for a key at most (memory bound under hostile reports)."""
 
@@ -67,6 +69,8 @@ class IngestStats:
     """Rebirth requests the buckets held back (each sent later, once, or merged into another)."""
     credentials_received: int = 0
     credentials_saved: int = 0
+    credentials_dropped: int = 0
+    """Credentials dropped because `MAX_QUEUED_CREDENTIALS` were already waiting."""
     keys_awaited: int = 0
     """Reports whose project key was not known when they arrived (each then waited for it)."""
     keys_missing: int = 0
@@ -154,6 +158,8 @@ class Ingest:
         self._awaiting: dict[str, tuple[str, float]] = {}
         """Serial -> (gateway, monotonic deadline) of reports waiting for their key, oldest first."""
         self._key_asked: set[str] = set()
+        self._held: set[str] = set()
+        """Wanted gateways already counted as held back by the buckets."""
         self._allowed_keys = frozenset(allowed_project_keys)
         self._audited: set[tuple[str, str, str]] = set()
         self.stats = IngestStats()
@@ -265,6 +271,8 @@ class Ingest:
                         if self._keys_known is not None:
                             self._keys_known.add(serial)
                         continue
+                    if len(self._key_asked) >= MAX_AWAITING_KEYS:
+                        self._key_asked.clear()  # memory bound: at worst a device is asked for again
                     self._key_asked.add(serial)
                     self.stats.keys_missing += 1
                     self._want_rebirth(gateway_id, f"no project key for {serial} after {self._key_wait_s} s")
@@ -358,12 +366,12 @@ class Ingest:
 
     def _pump_rebirths(self, now_s: float) -> None:
         for gateway_id in list(self._wanted):
-            if not self._limiter.fleet_available(now_s):
-                self.stats.rebirths_held += len(self._wanted)
-                return
-            if not self._limiter.admit(gateway_id, now_s):
-                self.stats.rebirths_held += 1
+            if not self._limiter.fleet_available(now_s) or not self._limiter.admit(gateway_id, now_s):
+                if gateway_id not in self._held:
+                    self._held.add(gateway_id)
+                    self.stats.rebirths_held += 1
                 continue
+            self._held.discard(gateway_id)
             why = self._wanted.pop(gateway_id)
             self.stats.rebirths_requested += 1
             log.info("asking for a rebirth", gateway=gateway_id, why=why)
@@ -401,6 +409,11 @@ class Ingest:
         `sender` is the gateway whose topic carried the credential; `now_s` dates an audit line.
         """
         with self._lock:
+            if len(self._credentials) >= MAX_QUEUED_CREDENTIALS:
+                # A flood the store cannot absorb: the gateway sends the key again with its next rebirth.
+                self.stats.credentials_dropped += 1
+                log.warning("credential dropped: queue full", gateway=sender, device=credential.device_serial)
+                return
             was_empty = not self._credentials
             self._credentials.append(_Offered(credential, sender, now_s))
         if was_empty:
