@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -214,6 +215,11 @@ class ControllerService:
 
     async def run(self) -> None:
         """Run until `stop()`."""
+        # Objects made during start-up (modules, settings, the store) are frozen out of every later
+        # collection, and young collections wait for `gc_gen0_threshold` allocations: see the setting.
+        gc.freeze()
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(self.settings.ingest.gc_gen0_threshold, gen1, gen2)
         # Reports first: a rebirth asked for over the session must find the report stream listening.
         self.ingest.attach(_FirehoseReports(self.firehose), asyncio.get_running_loop())
         self.firehose.start()

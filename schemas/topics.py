@@ -10,6 +10,7 @@ The tree is laid out so broker ACLs can confine principals by prefix (see deploy
 """
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -220,18 +221,24 @@ class TopicTree:
         if not prefix or any(not is_valid_id(level) for level in levels):
             raise TopicError(f"invalid topic prefix {prefix!r}: levels must be ids without wildcards")
         self.prefix = prefix
-        self._prefix_levels = len(levels)
         self._templates = [(spec, spec.template.split("/")) for spec in TOPICS]
-        # Parsing runs once per inbound message (a fleet's report burst): templates are looked up by
-        # (level count, first level) and split into literals and id names once, here.
-        self._by_shape: dict[tuple[int, str], list[tuple[TopicSpec, tuple[tuple[str, bool], ...]]]] = {}
-        for spec, template in self._templates:
-            # A template opening with an id (none today) is filed under "" and tried for every topic.
-            shape = (len(template), "" if template[0].startswith("{") else template[0])
-            levels_of = tuple(
-                (level[1:-1], True) if level.startswith("{") else (level, False) for level in template
-            )
-            self._by_shape.setdefault(shape, []).append((spec, levels_of))
+        # Parsing runs once per inbound message (a fleet's report burst): every template is one
+        # alternative of a single compiled pattern, so matching a topic is one regex call in C.
+        alternatives: list[str] = []
+        self._group_kinds: dict[str, tuple[TopicKind, tuple[tuple[str, str], ...]]] = {}
+        for number, (spec, template) in enumerate(self._templates):
+            parts: list[str] = []
+            names: list[tuple[str, str]] = []
+            for level in template:
+                if level.startswith("{"):
+                    group = f"i{number}_{len(names)}"
+                    names.append((group, level[1:-1]))
+                    parts.append(f"(?P<{group}>[^/]+)")
+                else:
+                    parts.append(re.escape(level))
+            self._group_kinds[f"t{number}"] = (spec.kind, tuple(names))
+            alternatives.append(f"(?P<t{number}>{'/'.join(parts)})")
+        self._pattern = re.compile(f"{re.escape(prefix)}/(?:{'|'.join(alternatives)})")
 
     def topic(self, kind: TopicKind, **ids: str) -> str:
         """Build the topic of `kind` from its ids, validating each one.
@@ -277,26 +284,15 @@ class TopicTree:
         Raises:
             TopicError: the topic is outside the tree or an id in it is invalid.
         """
-        levels = topic.split("/")
-        if "/".join(levels[: self._prefix_levels]) != self.prefix:
+        if not topic.startswith(self.prefix + "/") and topic != self.prefix:
             raise TopicError(f"topic {topic!r} is outside prefix {self.prefix!r}")
-        rest = levels[self._prefix_levels :]
-        if not rest:
-            raise TopicError(f"topic {topic!r} is not part of the contract")
-        candidates = self._by_shape.get((len(rest), rest[0]), [])
-        if (len(rest), "") in self._by_shape:
-            candidates = candidates + self._by_shape[(len(rest), "")]
-        for spec, template in candidates:
-            ids: dict[str, str] = {}
-            for (pattern, is_id), level in zip(template, rest, strict=True):
-                if is_id:
-                    ids[pattern] = level
-                elif pattern != level:
-                    break
-            else:
-                for name, value in ids.items():
-                    _check_id(name, value)
-                return Route(spec.kind, **ids)
+        match = self._pattern.fullmatch(topic)
+        if match is not None and match.lastgroup is not None:
+            kind, names = self._group_kinds[match.lastgroup]
+            ids = {name: match.group(group) for group, name in names}
+            for name, value in ids.items():
+                _check_id(name, value)
+            return Route(kind, **ids)
         raise TopicError(f"topic {topic!r} is not part of the contract")
 
 
