@@ -181,20 +181,28 @@ class FleetStore:
             known = newest.get(key)
             if known is None or (report.epoch, report.seq) > (known.epoch, known.seq):
                 newest[key] = report
-        with self.db.transaction():
-            links = []
-            for report in newest.values():
-                links.append(
+        # One pass builds both tables' rows (this runs for every report of a fleet's rebirth burst).
+        links: list[tuple[object, ...]] = []
+        devices: list[tuple[object, ...]] = []
+        present_state, encode = Reachability.PRESENT, _REPORT_ENCODER.encode
+        for r in newest.values():
+            seen_at_s = r.seen_at.timestamp()
+            present = r.reachability is present_state
+            links.append((r.device_serial, r.gateway_id, r.epoch, r.seq, r.rssi_dbm, present, seen_at_s))
+            if present and r.current_version:
+                devices.append(
                     (
-                        report.device_serial,
-                        report.gateway_id,
-                        report.epoch,
-                        report.seq,
-                        report.rssi_dbm,
-                        report.reachability is Reachability.PRESENT,
-                        report.seen_at.timestamp(),
+                        r.device_serial,
+                        r.hardware_version,
+                        r.software_type,
+                        r.current_version,
+                        r.memfault.value,
+                        r.project_key_fingerprint,
+                        encode(r),
+                        seen_at_s,
                     )
                 )
+        with self.db.transaction():
             # The WHERE on the update makes an old (epoch, seq) a no-op: stale input is ignored.
             self.db.executemany(
                 "INSERT INTO device_link (serial, gateway_id, epoch, seq, rssi_dbm, reachable, seen_at)"
@@ -205,9 +213,6 @@ class FleetStore:
                 " (excluded.epoch = device_link.epoch AND excluded.seq > device_link.seq)",
                 links,
             )
-            present = [
-                r for r in newest.values() if r.reachability is Reachability.PRESENT and r.current_version
-            ]
             self.db.executemany(
                 "INSERT INTO device (serial, hardware_version, software_type, current_version, memfault,"
                 " key_fingerprint, report, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -216,19 +221,7 @@ class FleetStore:
                 " memfault = excluded.memfault, key_fingerprint = excluded.key_fingerprint,"
                 " report = excluded.report, updated_at = excluded.updated_at"
                 " WHERE excluded.updated_at >= device.updated_at",
-                [
-                    (
-                        r.device_serial,
-                        r.hardware_version,
-                        r.software_type,
-                        r.current_version,
-                        r.memfault.value,
-                        r.project_key_fingerprint,
-                        _REPORT_ENCODER.encode(r),
-                        r.seen_at.timestamp(),
-                    )
-                    for r in present
-                ],
+                devices,
             )
         return len(newest)
 
