@@ -150,8 +150,10 @@ class Ingest:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = asyncio.Event()
         self._credentials: deque[_Offered] = deque()
-        self._wanted: dict[str, str] = {}
-        """Gateways owed a rebirth the buckets held back, with why (insertion order is fairness)."""
+        self._wanted: dict[str, tuple[str, bool]] = {}
+        """Gateways owed a rebirth, with why and whether only the fleet bucket applies (insertion
+        order is fairness)."""
+        self._shared = False
         self._reborn: set[str] = set()
         self._keys_known: set[str] | None = None
         """Serials whose project key the store holds (None until loaded)."""
@@ -231,7 +233,7 @@ class Ingest:
         with self._lock:
             known = self._keys_known
             for report, retained in drained:
-                if not retained:
+                if not retained and not self._shared:
                     self._check_sequence(report)
                 serial = report.device_serial
                 if (
@@ -360,19 +362,23 @@ class Ingest:
             self.stats.gaps_detected += 1
             self._want_rebirth(report.gateway_id, f"reports {last + 1}..{report.seq - 1} missing")
 
-    def _want_rebirth(self, gateway_id: str, why: str) -> None:
+    def _want_rebirth(self, gateway_id: str, why: str, *, fleet_only: bool = False) -> None:
         # One rebirth republishes everything a gateway holds: wants for the same gateway merge.
-        self._wanted.setdefault(gateway_id, why)
+        known = self._wanted.get(gateway_id)
+        if known is None or (fleet_only and not known[1]):
+            self._wanted[gateway_id] = (why, fleet_only)
 
     def _pump_rebirths(self, now_s: float) -> None:
-        for gateway_id in list(self._wanted):
-            if not self._limiter.fleet_available(now_s) or not self._limiter.admit(gateway_id, now_s):
+        for gateway_id, (_, fleet_only) in list(self._wanted.items()):
+            if not self._limiter.fleet_available(now_s) or not self._limiter.admit(
+                gateway_id, now_s, fleet_only=fleet_only
+            ):
                 if gateway_id not in self._held:
                     self._held.add(gateway_id)
                     self.stats.rebirths_held += 1
                 continue
             self._held.discard(gateway_id)
-            why = self._wanted.pop(gateway_id)
+            why, _ = self._wanted.pop(gateway_id)
             self.stats.rebirths_requested += 1
             log.info("asking for a rebirth", gateway=gateway_id, why=why)
             if self._loop is not None:
@@ -387,6 +393,28 @@ class Ingest:
                 self._reborn.add(gateway_id)
                 self._want_rebirth(gateway_id, "controller started")
                 self._pump_rebirths(self._monotonic())
+
+    def request_rebirths(self, gateway_ids: Collection[str], why: str) -> None:
+        """Ask these gateways for a rebirth through the fleet's bucket only (a departed peer's share).
+
+        A gateway's own recent rebirth went partly to that peer, so its bucket does not apply.
+        """
+        with self._lock:
+            for gateway_id in gateway_ids:
+                self._want_rebirth(gateway_id, why, fleet_only=True)
+            self._pump_rebirths(self._monotonic())
+
+    def set_shared(self, shared: bool) -> None:
+        """Whether peers share the report subscription (set by the service from their presence).
+
+        A shared subscription hands each replica only its share of a gateway's sequence, so gaps
+        mean nothing while it is shared: the check runs only while this replica reads alone, and
+        starts afresh when it does again.
+        """
+        with self._lock:
+            if self._shared and not shared:
+                self.stats.sequence.clear()
+            self._shared = shared
 
     async def add_presence(self, presence: GatewayPresence, now_s: float) -> None:
         """Apply a presence message (epoch rule in the store) and tell listeners of changes."""

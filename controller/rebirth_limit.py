@@ -57,8 +57,14 @@ class RebirthLimiter:
         self._gateways: dict[str, TokenBucket] = {}
         self._max_gateways = max_gateways
 
-    def admit(self, gateway_id: str, now_s: float) -> bool:
-        """Take a token from both buckets, or from neither; returns whether the request may leave."""
+    def admit(self, gateway_id: str, now_s: float, *, fleet_only: bool = False) -> bool:
+        """Take a token from both buckets, or from neither; returns whether the request may leave.
+
+        `fleet_only` skips the gateway's bucket (a fleet-wide event, such as a replica's death, that
+        a gateway's recent rebirth did not cover); the fleet's bucket still applies.
+        """
+        if fleet_only:
+            return self._fleet.take(now_s)
         bucket = self._gateways.get(gateway_id)
         if bucket is None:
             if len(self._gateways) >= self._max_gateways:

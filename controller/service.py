@@ -52,7 +52,7 @@ from service_runtime.mqtt import (
     Subscription,
     TlsSettings,
 )
-from service_runtime.mqtt_firehose import MqttFirehose
+from service_runtime.mqtt_firehose import MqttFirehose, discard_session
 from service_runtime.mqtt_metrics import MqttMetrics
 from service_runtime.systemd import SystemdNotifier
 
@@ -168,6 +168,8 @@ class ControllerService:
                 # Presence is not shared: every replica must get the retained presence of every
                 # gateway (a shared subscription receives no retained messages, MQTT 5 §4.8.2).
                 Subscription(self.tree.filter(TopicKind.GATEWAY_PRESENCE), qos=1),
+                # Peers' presence: a replica gone for good still holds its share of the report stream.
+                Subscription(self.tree.filter(TopicKind.CONTROLLER_PRESENCE), qos=1),
                 *(
                     Subscription(self.tree.filter(kind), qos=1, share_group=share)
                     for kind in (
@@ -187,16 +189,17 @@ class ControllerService:
         )
         # Device reports are the one high-volume stream (a fleet's rebirth after a broker restart):
         # they arrive on their own connection and thread.
+        self._report_mqtt = MqttSettings(
+            mqtt.host,
+            mqtt.port,
+            _report_client_id(settings.controller_id),
+            username=mqtt.username,
+            password=mqtt.password,
+            tls=TlsSettings(mqtt.ca_file, mqtt.cert_file, mqtt.key_file) if mqtt.ca_file else None,
+            keepalive_s=mqtt.keepalive_s,
+        )
         self.firehose = MqttFirehose(
-            MqttSettings(
-                mqtt.host,
-                mqtt.port,
-                f"{settings.controller_id}-reports",
-                username=mqtt.username,
-                password=mqtt.password,
-                tls=TlsSettings(mqtt.ca_file, mqtt.cert_file, mqtt.key_file) if mqtt.ca_file else None,
-                keepalive_s=mqtt.keepalive_s,
-            ),
+            self._report_mqtt,
             tree=self.tree,
             subscriptions=[Subscription(self.tree.filter(TopicKind.DEVICE_REPORT), qos=1, share_group=share)],
             on_ready=self.ingest.wake,
@@ -205,6 +208,11 @@ class ControllerService:
         self._stop = asyncio.Event()
         self._inbox_ready = asyncio.Event()
         self._in_flight_commands: set[int] = set()
+        self._peers_online: dict[str, bool] = {}
+        self._peers_sharing: set[str] = set()
+        self._peer_watch: dict[str, asyncio.Task[None]] = {}
+        self.peer_sessions_discarded = 0
+        """Report sessions of departed peers this replica deleted (each followed by rebirths)."""
 
     @property
     def is_leader(self) -> bool:
@@ -236,6 +244,7 @@ class ControllerService:
             self._notifier.stopping()
             # Reports stop arriving first, so the last flush below writes everything received.
             await asyncio.to_thread(self.firehose.stop)
+            tasks.extend(self._peer_watch.values())
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -269,6 +278,9 @@ class ControllerService:
                     # Reports on the shared subscription come without their retained copies: a
                     # controller that just connected asks each live gateway to publish them again.
                     self.ingest.request_rebirth_once(payload.gateway_id)
+        elif kind is TopicKind.CONTROLLER_PRESENCE and isinstance(payload, ControllerPresence):
+            if payload.controller_id == message.route.controller_id:
+                self._on_peer_presence(payload)
         elif kind is TopicKind.DEVICE_CREDENTIAL and isinstance(payload, DeviceCredential):
             await self.ingest.add_credential(payload, message.route.gateway_id or "", self._wall_clock())
         elif kind in INBOX_KINDS:
@@ -303,6 +315,43 @@ class ControllerService:
                     correlation_data=rejected.correlation_data,
                 )
             )
+
+    # --- peers' report sessions ----------------------------------------------------------------
+
+    def _on_peer_presence(self, presence: ControllerPresence) -> None:
+        """Watch a peer replica: offline past the grace period, its report session is discarded."""
+        peer = presence.controller_id
+        if peer == self.settings.controller_id:
+            return
+        self._peers_online[peer] = presence.online
+        # Online or not yet discarded, a peer's session takes its share of the report stream.
+        self._peers_sharing.add(peer)
+        self.ingest.set_shared(True)
+        if presence.online or peer in self._peer_watch:
+            return
+        task = asyncio.get_running_loop().create_task(self._discard_peer_session(peer), name=f"peer-{peer}")
+        self._peer_watch[peer] = task
+        task.add_done_callback(lambda _: self._peer_watch.pop(peer, None))
+
+    async def _discard_peer_session(self, peer: str) -> None:
+        await asyncio.sleep(self.settings.ingest.peer_session_grace_s)
+        if self._peers_online.get(peer, False):
+            return  # it came back and took its session (and what waited in it) over
+        discarded = await asyncio.to_thread(discard_session, self._report_mqtt, _report_client_id(peer))
+        if not discarded:
+            return
+        self.peer_sessions_discarded += 1
+        self._peers_sharing.discard(peer)
+        self.ingest.set_shared(bool(self._peers_sharing))
+        # What waited in the peer's session, or in its memory when it died, is asked for again.
+        try:
+            gateways = await self.executor.call(self.store.gateways)
+        except StoreError as error:
+            log.warning("cannot list gateways after a peer's death", peer=peer, error=str(error))
+            return
+        online = [gateway.gateway_id for gateway in gateways if gateway.online]
+        log.info("discarded a departed peer's report session", peer=peer, rebirths=len(online))
+        self.ingest.request_rebirths(online, f"controller {peer} departed")
 
     def _request_rebirth(self, gateway_id: str) -> None:
         topic = self.tree.topic(TopicKind.GATEWAY_COMMAND, gateway_id=gateway_id)
@@ -434,6 +483,11 @@ def _summed(*sources: Mapping[tuple[str, str], int]) -> dict[tuple[str, str], in
         for key, count in list(source.items()):
             total[key] = total.get(key, 0) + count
     return total
+
+
+def _report_client_id(controller_id: str) -> str:
+    """The client id of a replica's report connection (stable: its session outlives a reconnect)."""
+    return f"{controller_id}-reports"
 
 
 class _FirehoseReports:

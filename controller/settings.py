@@ -94,6 +94,10 @@ class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rebirth_fleet_per_s: PositiveSeconds = 20.0
     """Fleet-wide rebirth requests per second once `rebirth_fleet_burst` is spent."""
     rebirth_fleet_burst: Annotated[int, msgspec.Meta(ge=1)] = 100
+    peer_session_grace_s: PositiveSeconds = 30.0
+    """How long a peer replica may stay offline before this replica deletes its report session (which
+    holds the peer's share of the shared report subscription) and asks every live gateway for a
+    rebirth. A restart under the same `controller_id` within this time loses nothing either way."""
     gc_gen0_threshold: Annotated[int, msgspec.Meta(ge=700, le=1_000_000)] = 50_000
     """Allocations between two young-generation garbage collections in the controller process
     (CPython's default is 700). A report burst allocates a few containers per message; at the

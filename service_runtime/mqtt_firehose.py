@@ -152,3 +152,44 @@ class MqttFirehose:
     def queued(self) -> int:
         """Messages received and not drained yet."""
         return len(self._raw)
+
+
+def discard_session(settings: MqttSettings, client_id: str, timeout_s: float = 10.0) -> bool:
+    """Delete the broker's persistent session of `client_id` (blocking; returns whether it was done).
+
+    A replica gone for good keeps its round-robin share of a shared subscription in its session
+    (mosquitto queues it there until the client returns): connecting once with a clean session under
+    its id, then disconnecting, removes that session and its subscriptions from the group. Its
+    queued messages go with it, so the caller asks for them again (a rebirth). If the replica is
+    connected at that moment the broker takes its connection over; paho reconnects it.
+    """
+    connected = threading.Event()
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311
+    )
+    if settings.username:
+        client.username_pw_set(settings.username, settings.password or None)
+    if settings.tls is not None:
+        context = ssl.create_default_context(cafile=settings.tls.ca_file)
+        if settings.tls.cert_file:
+            context.load_cert_chain(settings.tls.cert_file, settings.tls.key_file or None)
+        client.tls_set_context(context)
+
+    def on_connect(
+        client: mqtt.Client, userdata: object, flags: object, reason: object, properties: object
+    ) -> None:
+        connected.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
+    except OSError as error:
+        log.warning("cannot discard a session", client_id=client_id, error=str(error))
+        return False
+    client.loop_start()
+    try:
+        done = connected.wait(timeout_s)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return done

@@ -21,6 +21,8 @@ from schemas import DeviceReport, GatewayPresence, Reachability, supersedes
 
 _REPORT_ENCODER = msgspec.json.Encoder()
 _REPORT_DECODER = msgspec.json.Decoder(DeviceReport)
+_MIGRATION_LOCK = 0x6D6366_6C656574
+"""The PostgreSQL advisory lock key migrations hold ("mcfleet")."""
 _IN_CHUNK = 500
 """Serials per `IN (...)` list (SQLite allows 32,766 parameters; PostgreSQL 65,535)."""
 
@@ -128,6 +130,9 @@ class FleetStore:
     def migrate(self) -> None:
         """Apply every migration the database has not seen."""
         with self.db.transaction():
+            if self.db.dialect is Dialect.POSTGRES:
+                # Replicas starting together on a fresh database would race to create the tables.
+                self.db.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
             self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             rows = self.db.fetchall("SELECT version FROM schema_version")
             current = int(rows[0][0]) if rows else 0

@@ -13,7 +13,14 @@ import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from controller.settings import ControllerSettings, MemfaultConfig, MetricsConfig, MqttConfig, StoreConfig
+from controller.settings import (
+    ControllerSettings,
+    IngestConfig,
+    MemfaultConfig,
+    MetricsConfig,
+    MqttConfig,
+    StoreConfig,
+)
 from schemas import (
     ControllerPresence,
     DeviceReport,
@@ -34,6 +41,17 @@ from tests.integration.world import TREE, WAIT_S, ProcessUnderTest, settings_doc
 pytestmark = pytest.mark.integration
 GATEWAYS = 4
 DEVICES_PER_GATEWAY = 1000
+
+
+@pytest.fixture
+def shipped_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """Mosquitto with the shipped queue limits (the default 1,000 queued drops most of a rebirth burst)."""
+    instance = MosquittoBroker(
+        tmp_path / "broker", extra_config="max_queued_messages 200000\nmax_inflight_messages 100\n"
+    )
+    instance.start()
+    yield instance
+    instance.crash()
 
 
 @pytest.fixture
@@ -133,10 +151,16 @@ async def replicas_online(client: aiomqtt.Client, names: set[str]) -> None:
     await client.unsubscribe(topic)
 
 
+@pytest.mark.parametrize("returns", [True, False], ids=["restarted", "gone-for-good"])
 async def test_a_replica_killed_mid_burst_loses_no_report(
-    broker: MosquittoBroker, tmp_path: Path, shared_database: str
+    shipped_broker: MosquittoBroker, tmp_path: Path, shared_database: str, returns: bool
 ) -> None:
-    """SIGKILL one of two ingesting replicas mid-burst and restart it: every report is stored once."""
+    """SIGKILL one of two ingesting replicas mid-burst: restarted or gone for good, no report is lost.
+
+    Every report ends stored once at its latest sequence; gone for good, the survivor discards the
+    dead replica's report session (which holds its share) and asks every gateway for a rebirth.
+    """
+    broker = shipped_broker
     replicas = {
         name: ProcessUnderTest(
             "controller",
@@ -147,6 +171,7 @@ async def test_a_replica_killed_mid_burst_loses_no_report(
                     store=StoreConfig(url=shared_database),
                     memfault=MemfaultConfig(base_url="http://127.0.0.1:9"),
                     metrics=MetricsConfig(enabled=False),
+                    ingest=IngestConfig(peer_session_grace_s=1.0),
                 )
             ),
             tmp_path / name,
@@ -158,9 +183,9 @@ async def test_a_replica_killed_mid_burst_loses_no_report(
     tasks: list[asyncio.Task[None]] = []
     async with aiomqtt.Client(broker.host, broker.port, identifier="replica-watch") as watch:
         try:
-            for replica in replicas.values():
+            for name, replica in replicas.items():
                 await replica.start()
-            await replicas_online(watch, set(replicas))
+                await replicas_online(watch, {name})
             tasks = [asyncio.create_task(gateway.session.run()) for gateway in gateways]
             for gateway in gateways:
                 await asyncio.wait_for(gateway.session.connected.wait(), WAIT_S)
@@ -175,7 +200,8 @@ async def test_a_replica_killed_mid_burst_loses_no_report(
             await replicas["ctl-a"].kill()
             devices_at_kill, _ = await asyncio.to_thread(stored_links, shared_database)
             assert devices_at_kill < expected, "the burst ended before the kill: nothing was proven"
-            await replicas["ctl-a"].start()  # as systemd would (Restart=always)
+            if returns:
+                await replicas["ctl-a"].start()  # as systemd would (Restart=always)
             for gateway in gateways:
                 assert await gateway.session.flush(WAIT_S)
 
@@ -187,6 +213,8 @@ async def test_a_replica_killed_mid_burst_loses_no_report(
             await wait_until(every_report_stored, timeout_s=60)
             devices, links = await asyncio.to_thread(stored_links, shared_database)
             assert devices == expected and len(links) == expected
+            if not returns:
+                assert "discarded a departed peer's report session" in replicas["ctl-b"].log()
         finally:
             for gateway in gateways:
                 await gateway.session.stop()
