@@ -1,11 +1,20 @@
-"""The registry's ingest path: device reports and presence from every gateway, batched into the store.
+"""The registry's ingest path: device reports, credentials and presence from every gateway, into the store.
 
 Device reports wait in their source's queue (the firehose: raw messages queued by its network
-thread). When the queue stops being empty the source calls `wake`; the writer lets a burst gather
-for `linger_s`, then drains it on the store thread a batch at a time: decode, sequence check and one
-transaction per batch, so the event loop never touches a report. Gaps in a gateway session's report
-sequence (a burst the broker dropped past its queue limit) are healed by asking that gateway for a
-rebirth, at most once per `rebirth_interval_s` per gateway.
+thread) and credentials in this object's queue. When either stops being empty the writer lets a
+burst gather for `linger_s`, then drains both on the store thread a batch at a time: decode,
+sequence check, trust rules and one transaction per batch holding the credentials and the reports
+together, so the event loop never touches a report and a credential costs no commit of its own.
+
+A report naming a project key the store does not hold yet waits `key_wait_s` for its credential
+(credentials travel on another subscription and may arrive after the report, or at another
+replica). Only when the wait ends without a key, in this replica's memory or in the shared store,
+is it counted and its gateway asked for a rebirth, once per device: credentials are never retained,
+so one sent while no controller listened comes back only through a rebirth, and storing the device
+without ever asking would leave it unplannable. The report itself is stored at once (the key lives
+in its own table). Gaps in a gateway session's report sequence are healed the same way. Rebirth
+requests pass a token bucket per gateway and one for the fleet (`rebirth_limit`); one that must
+wait is kept (one per gateway) and sent when tokens return.
 
 Credentials (project keys) pass the rules of `gateway_trust`: only projects on the allow-list,
 and no silent change of key for a known device. A refused credential is counted by reason and
@@ -16,7 +25,9 @@ while this process runs: gateways republish credentials with every rebirth).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,14 +36,23 @@ from typing import Final, Protocol
 import structlog
 
 from controller.gateway_trust import RefusalReason, RefusedKind, credential_refusal, key_fingerprint
+from controller.rebirth_limit import RebirthLimiter
 from controller.store.executor import StoreExecutor
-from controller.store.fleet_store import CredentialOffer, FleetStore
+from controller.store.fleet_store import FleetStore, PendingKeyChange
 from schemas import AuditEvent, DeviceCredential, DeviceReport, GatewayPresence, channels
 
 log = structlog.get_logger("mcufleet.controller.ingest")
 
 AUDITED_REFUSALS_KEPT: Final = 100_000
 """Refusals remembered as already audited before the memory is cleared (audited again after)."""
+
+
+HOUSEKEEPING_S: Final = 0.5
+"""How often expired key waits and rebirths held back by the buckets are looked at while idle."""
+MAX_QUEUED_CREDENTIALS: Final = 1_000_000
+"""Credentials waiting for a batch at most (memory bound under a flood)."""
+MAX_AWAITING_KEYS: Final = 1_000_000
+"""Devices waiting for a key at most (memory bound under hostile reports)."""
 
 
 @dataclass
@@ -45,6 +65,16 @@ class IngestStats:
     presence_changes: int = 0
     gaps_detected: int = 0
     rebirths_requested: int = 0
+    rebirths_held: int = 0
+    """Rebirth requests the buckets held back (each sent later, once, or merged into another)."""
+    credentials_received: int = 0
+    credentials_saved: int = 0
+    credentials_dropped: int = 0
+    """Credentials dropped because `MAX_QUEUED_CREDENTIALS` were already waiting."""
+    keys_awaited: int = 0
+    """Reports whose project key was not known when they arrived (each then waited for it)."""
+    keys_missing: int = 0
+    """Devices whose key did not arrive within `key_wait_s` (each asked for by one rebirth)."""
     last_batch_size: int = 0
     sequence: dict[tuple[str, int], int] = field(default_factory=dict)
     refused: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -64,6 +94,24 @@ class ReportSource(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class _Offered:
+    credential: DeviceCredential
+    sender: str
+    at_s: float
+
+
+@dataclass(slots=True)
+class _Decisions:
+    """What one batch does with its credentials, decided inside its transaction."""
+
+    saved: list[tuple[str, str, str]] = field(default_factory=list)
+    pending: list[PendingKeyChange] = field(default_factory=list)
+    pending_keys: list[str] = field(default_factory=list)
+    audit: list[bytes] = field(default_factory=list)
+    refused: list[tuple[_Offered, RefusalReason, str]] = field(default_factory=list)
+
+
 class Ingest:
     """Feeds reports, presence and credentials into the store."""
 
@@ -75,8 +123,11 @@ class Ingest:
         request_rebirth: Callable[[str], None],
         monotonic: Callable[[], float],
         max_batch: int = 5000,
-        linger_s: float = 0.1,
-        rebirth_interval_s: float = 30.0,
+        linger_s: float = 0.05,
+        key_wait_s: float = 15.0,
+        rebirth_gateway_interval_s: float = 30.0,
+        rebirth_fleet_per_s: float = 20.0,
+        rebirth_fleet_burst: int = 100,
         allowed_project_keys: Collection[str] = (),
     ) -> None:
         """Write into `store`; `allowed_project_keys` empty accepts any project (warned at start)."""
@@ -86,17 +137,31 @@ class Ingest:
         self._monotonic = monotonic
         self._max_batch = max_batch
         self._linger_s = linger_s
-        self._rebirth_interval_s = rebirth_interval_s
+        self._key_wait_s = key_wait_s
+        self._limiter = RebirthLimiter(
+            per_gateway_interval_s=rebirth_gateway_interval_s,
+            fleet_per_s=rebirth_fleet_per_s,
+            fleet_burst=rebirth_fleet_burst,
+        )
         self._source: ReportSource | None = None
-        # Sequence and rebirth state is touched by the store thread (reports) and the loop
-        # (presence): one lock guards it.
+        # Sequence, key-wait and rebirth state is touched by the store thread (batches) and the loop
+        # (presence, credentials): one lock guards it.
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = asyncio.Event()
-        self._last_rebirth: dict[str, float] = {}
+        self._credentials: deque[_Offered] = deque()
+        self._wanted: dict[str, tuple[str, bool]] = {}
+        """Gateways owed a rebirth, with why and whether only the fleet bucket applies (insertion
+        order is fairness)."""
+        self._shared = False
         self._reborn: set[str] = set()
         self._keys_known: set[str] | None = None
         """Serials whose project key the store holds (None until loaded)."""
+        self._awaiting: dict[str, tuple[str, float]] = {}
+        """Serial -> (gateway, monotonic deadline) of reports waiting for their key, oldest first."""
+        self._key_asked: set[str] = set()
+        self._held: set[str] = set()
+        """Wanted gateways already counted as held back by the buckets."""
         self._allowed_keys = frozenset(allowed_project_keys)
         self._audited: set[tuple[str, str, str]] = set()
         self.stats = IngestStats()
@@ -113,6 +178,11 @@ class Ingest:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._ready.set)
 
+    @property
+    def awaiting_keys(self) -> int:
+        """Devices whose report waits for its project key now."""
+        return len(self._awaiting)
+
     # --- the writer --------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -125,37 +195,162 @@ class Ingest:
         self._keys_known = set(await self._executor.call(self._store.project_keys))
         self._ready.set()  # reports may have queued before the writer started
         while True:
-            await self._ready.wait()
-            self._ready.clear()
-            # Let a burst gather: one transaction per few thousand reports, not per report.
-            await asyncio.sleep(self._linger_s)
-            await self.flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), HOUSEKEEPING_S)
+            if self._ready.is_set():
+                self._ready.clear()
+                # Let a burst gather: one transaction per few thousand messages, not per message.
+                await asyncio.sleep(self._linger_s)
+                await self.flush()
+            if self._awaiting or self._wanted:
+                await self._executor.call(self._housekeep)
+
+    def _has_work(self) -> bool:
+        return bool(self._credentials) or (self._source is not None and self._source.queued > 0)
 
     async def flush(self) -> None:
-        """Write every queued report to the store now (also on shutdown, after `run` was cancelled)."""
-        while self._source is not None and self._source.queued:
-            await self._executor.call(self._apply_batch, self._source)
+        """Write every queued report and credential now (also on shutdown, after `run` was cancelled)."""
+        while self._has_work():
+            await self._executor.call(self._apply_batch)
 
-    def _apply_batch(self, source: ReportSource) -> None:
+    def _apply_batch(self) -> None:
         """On the store thread: drain one batch, check it and write it in one transaction."""
-        drained = source.drain_reports(self._max_batch)
         with self._lock:
+            offered = [
+                self._credentials.popleft() for _ in range(min(self._max_batch, len(self._credentials)))
+            ]
+        drained = self._source.drain_reports(self._max_batch) if self._source is not None else []
+        batch = [report for report, _ in drained]
+        with self._store.db.transaction():
+            decisions = self._decide(offered)
+            applied = self._store.apply_ingest(
+                decisions.saved, decisions.pending, decisions.pending_keys, batch
+            )
+            if decisions.audit:
+                self._store.append_audit(decisions.audit, offered[0].at_s)
+        self._after_commit(decisions)
+        now_s = self._monotonic()
+        with self._lock:
+            known = self._keys_known
             for report, retained in drained:
-                if not retained:
+                if not retained and not self._shared:
                     self._check_sequence(report)
+                serial = report.device_serial
                 if (
                     report.project_key_fingerprint
-                    and self._keys_known is not None
-                    and report.device_serial not in self._keys_known
+                    and known is not None
+                    and serial not in known
+                    and serial not in self._awaiting
+                    and serial not in self._key_asked
+                    and len(self._awaiting) < MAX_AWAITING_KEYS
                 ):
-                    # Credentials are never retained: one sent while no controller listened is asked again.
-                    self._rebirth(report.gateway_id, f"no project key for {report.device_serial}")
-        batch = [report for report, _ in drained]
-        applied = self._store.apply_reports(batch)
-        self.stats.reports_received += len(batch)
-        self.stats.batches += 1
-        self.stats.reports_applied += applied
-        self.stats.last_batch_size = len(batch)
+                    self._awaiting[serial] = (report.gateway_id, now_s + self._key_wait_s)
+                    self.stats.keys_awaited += 1
+            self.stats.reports_received += len(batch)
+            self.stats.credentials_received += len(offered)
+            self.stats.batches += 1
+            self.stats.reports_applied += applied
+            self.stats.last_batch_size = len(batch)
+        self._housekeep(now_s)
+
+    def _housekeep(self, now_s: float | None = None) -> None:
+        """On the store thread: end expired key waits, then send the rebirths the buckets allow."""
+        now_s = self._monotonic() if now_s is None else now_s
+        with self._lock:
+            expired: list[tuple[str, str]] = []
+            for serial, (gateway_id, deadline_s) in self._awaiting.items():
+                if deadline_s > now_s:
+                    break  # deadlines grow with insertion order
+                expired.append((serial, gateway_id))
+            for serial, _ in expired:
+                del self._awaiting[serial]
+        if expired:
+            # Another replica may have received the credential: the shared store has the last word.
+            saved, _ = self._store.credential_keys([serial for serial, _ in expired])
+            with self._lock:
+                for serial, gateway_id in expired:
+                    if serial in saved:
+                        if self._keys_known is not None:
+                            self._keys_known.add(serial)
+                        continue
+                    if len(self._key_asked) >= MAX_AWAITING_KEYS:
+                        self._key_asked.clear()  # memory bound: at worst a device is asked for again
+                    self._key_asked.add(serial)
+                    self.stats.keys_missing += 1
+                    self._want_rebirth(gateway_id, f"no project key for {serial} after {self._key_wait_s} s")
+        with self._lock:
+            self._pump_rebirths(now_s)
+
+    # --- credentials (decided on the store thread, inside the batch's transaction) -------------
+
+    def _decide(self, offered: list[_Offered]) -> _Decisions:
+        decisions = _Decisions()
+        if not offered:
+            return decisions
+        saved, pending = self._store.credential_keys([o.credential.device_serial for o in offered])
+        for offer in offered:
+            credential, serial = offer.credential, offer.credential.device_serial
+            known = saved.get(serial)
+            refusal = credential_refusal(
+                sender=offer.sender,
+                claimed=credential.gateway_id,
+                project_key=credential.project_key,
+                fingerprint=credential.fingerprint,
+                known_key=known,
+                allowed_keys=self._allowed_keys,
+            )
+            if refusal is None:
+                saved[serial] = credential.project_key
+                decisions.saved.append((serial, credential.project_key, credential.fingerprint))
+                continue
+            if refusal is RefusalReason.PROJECT_KEY_CHANGED:
+                # Parked for an operator; audited once per new key, not on every rebirth.
+                audit = pending.get(serial) != credential.project_key
+                if audit:
+                    pending[serial] = credential.project_key
+                    decisions.pending.append(
+                        PendingKeyChange(serial, credential.fingerprint, offer.sender, offer.at_s)
+                    )
+                    decisions.pending_keys.append(credential.project_key)
+            else:
+                audit = self._first_refusal(offer.sender, serial, refusal)
+            known_fingerprint = key_fingerprint(known) if known is not None else "none"
+            decisions.refused.append((offer, refusal, known_fingerprint))
+            if audit:
+                detail = (
+                    f"device {serial} presents project key {credential.fingerprint}"
+                    f" (known: {known_fingerprint})"
+                )
+                if refusal is RefusalReason.PROJECT_KEY_CHANGED:
+                    detail += "; pending until an operator sends accept_key_change with this fingerprint"
+                event = AuditEvent(
+                    at=datetime.fromtimestamp(offer.at_s, UTC),
+                    actor=f"gateway:{offer.sender}"[:256],
+                    action=f"refused:{RefusedKind.DEVICE_CREDENTIAL.value}:{refusal.value}",
+                    detail=detail[:256],
+                )
+                decisions.audit.append(channels.encode(event))
+        return decisions
+
+    def _after_commit(self, decisions: _Decisions) -> None:
+        with self._lock:
+            for serial, _, _ in decisions.saved:
+                if self._keys_known is not None:
+                    self._keys_known.add(serial)
+                self._awaiting.pop(serial, None)
+            self.stats.credentials_saved += len(decisions.saved)
+            for _, refusal, _ in decisions.refused:
+                key = (RefusedKind.DEVICE_CREDENTIAL.value, refusal.value)
+                self.stats.refused[key] = self.stats.refused.get(key, 0) + 1
+        for offer, refusal, known_fingerprint in decisions.refused:
+            log.warning(
+                "credential refused",
+                gateway=offer.sender,
+                device=offer.credential.device_serial,
+                reason=refusal.value,
+                fingerprint=offer.credential.fingerprint,
+                known=known_fingerprint,
+            )
 
     # --- sequence gaps and rebirths (callers hold the lock) -------------------------------------
 
@@ -165,17 +360,29 @@ class Ingest:
         self.stats.sequence[key] = max(last or 0, report.seq)
         if last is not None and report.seq > last + 1:
             self.stats.gaps_detected += 1
-            self._rebirth(report.gateway_id, f"reports {last + 1}..{report.seq - 1} missing")
+            self._want_rebirth(report.gateway_id, f"reports {last + 1}..{report.seq - 1} missing")
 
-    def _rebirth(self, gateway_id: str, why: str) -> None:
-        now_s = self._monotonic()
-        if now_s - self._last_rebirth.get(gateway_id, -self._rebirth_interval_s) < self._rebirth_interval_s:
-            return
-        self._last_rebirth[gateway_id] = now_s
-        self.stats.rebirths_requested += 1
-        log.info("asking for a rebirth", gateway=gateway_id, why=why)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._request_rebirth, gateway_id)
+    def _want_rebirth(self, gateway_id: str, why: str, *, fleet_only: bool = False) -> None:
+        # One rebirth republishes everything a gateway holds: wants for the same gateway merge.
+        known = self._wanted.get(gateway_id)
+        if known is None or (fleet_only and not known[1]):
+            self._wanted[gateway_id] = (why, fleet_only)
+
+    def _pump_rebirths(self, now_s: float) -> None:
+        for gateway_id, (_, fleet_only) in list(self._wanted.items()):
+            if not self._limiter.fleet_available(now_s) or not self._limiter.admit(
+                gateway_id, now_s, fleet_only=fleet_only
+            ):
+                if gateway_id not in self._held:
+                    self._held.add(gateway_id)
+                    self.stats.rebirths_held += 1
+                continue
+            self._held.discard(gateway_id)
+            why, _ = self._wanted.pop(gateway_id)
+            self.stats.rebirths_requested += 1
+            log.info("asking for a rebirth", gateway=gateway_id, why=why)
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._request_rebirth, gateway_id)
 
     # --- presence and credentials (on the loop) -------------------------------------------------
 
@@ -184,7 +391,30 @@ class Ingest:
         with self._lock:
             if gateway_id not in self._reborn:
                 self._reborn.add(gateway_id)
-                self._rebirth(gateway_id, "controller started")
+                self._want_rebirth(gateway_id, "controller started")
+                self._pump_rebirths(self._monotonic())
+
+    def request_rebirths(self, gateway_ids: Collection[str], why: str) -> None:
+        """Ask these gateways for a rebirth through the fleet's bucket only (a departed peer's share).
+
+        A gateway's own recent rebirth went partly to that peer, so its bucket does not apply.
+        """
+        with self._lock:
+            for gateway_id in gateway_ids:
+                self._want_rebirth(gateway_id, why, fleet_only=True)
+            self._pump_rebirths(self._monotonic())
+
+    def set_shared(self, shared: bool) -> None:
+        """Whether peers share the report subscription (set by the service from their presence).
+
+        A shared subscription hands each replica only its share of a gateway's sequence, so gaps
+        mean nothing while it is shared: the check runs only while this replica reads alone, and
+        starts afresh when it does again.
+        """
+        with self._lock:
+            if self._shared and not shared:
+                self.stats.sequence.clear()
+            self._shared = shared
 
     async def add_presence(self, presence: GatewayPresence, now_s: float) -> None:
         """Apply a presence message (epoch rule in the store) and tell listeners of changes."""
@@ -201,62 +431,21 @@ class Ingest:
             listener(presence)
 
     async def add_credential(self, credential: DeviceCredential, sender: str, now_s: float) -> None:
-        """Remember a project key that passes the trust rules (only its fingerprint ever leaves).
+        """Queue a project key for the next batch: it passes the trust rules and is saved with the reports.
 
+        Only its fingerprint ever leaves the store.
         `sender` is the gateway whose topic carried the credential; `now_s` dates an audit line.
         """
-        saved = await self._executor.call(self._offer_credential, credential, sender, now_s)
-        if saved and self._keys_known is not None:
-            self._keys_known.add(credential.device_serial)
-
-    def _offer_credential(self, credential: DeviceCredential, sender: str, now_s: float) -> bool:
-        """On the store thread: save, park or refuse a credential. Returns whether it was saved."""
-        serial = credential.device_serial
-        known = self._store.project_key(serial)
-        refusal = credential_refusal(
-            sender=sender,
-            claimed=credential.gateway_id,
-            project_key=credential.project_key,
-            fingerprint=credential.fingerprint,
-            known_key=known,
-            allowed_keys=self._allowed_keys,
-        )
-        if refusal is None or refusal is RefusalReason.PROJECT_KEY_CHANGED:
-            offer = self._store.offer_credential(
-                serial, credential.project_key, credential.fingerprint, sender, now_s
-            )
-            if offer is CredentialOffer.SAVED:
-                return True
-            refusal = RefusalReason.PROJECT_KEY_CHANGED
-            audit = offer is CredentialOffer.PENDING
-        else:
-            audit = self._first_refusal(sender, serial, refusal)
-        key = (RefusedKind.DEVICE_CREDENTIAL.value, refusal.value)
         with self._lock:
-            self.stats.refused[key] = self.stats.refused.get(key, 0) + 1
-        known_fingerprint = key_fingerprint(known) if known is not None else "none"
-        log.warning(
-            "credential refused",
-            gateway=sender,
-            device=serial,
-            reason=refusal.value,
-            fingerprint=credential.fingerprint,
-            known=known_fingerprint,
-        )
-        if audit:
-            detail = (
-                f"device {serial} presents project key {credential.fingerprint} (known: {known_fingerprint})"
-            )
-            if refusal is RefusalReason.PROJECT_KEY_CHANGED:
-                detail += "; pending until an operator sends accept_key_change with this fingerprint"
-            event = AuditEvent(
-                at=datetime.fromtimestamp(now_s, UTC),
-                actor=f"gateway:{sender}"[:256],
-                action=f"refused:{RefusedKind.DEVICE_CREDENTIAL.value}:{refusal.value}",
-                detail=detail[:256],
-            )
-            self._store.append_audit([channels.encode(event)], now_s)
-        return False
+            if len(self._credentials) >= MAX_QUEUED_CREDENTIALS:
+                # A flood the store cannot absorb: the gateway sends the key again with its next rebirth.
+                self.stats.credentials_dropped += 1
+                log.warning("credential dropped: queue full", gateway=sender, device=credential.device_serial)
+                return
+            was_empty = not self._credentials
+            self._credentials.append(_Offered(credential, sender, now_s))
+        if was_empty:
+            self._ready.set()
 
     def _first_refusal(self, sender: str, serial: str, reason: RefusalReason) -> bool:
         """Whether this (gateway, device, reason) refusal is new to this process (then it is audited)."""

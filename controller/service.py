@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -52,7 +53,7 @@ from service_runtime.mqtt import (
     Subscription,
     TlsSettings,
 )
-from service_runtime.mqtt_firehose import MqttFirehose
+from service_runtime.mqtt_firehose import MqttFirehose, discard_session
 from service_runtime.mqtt_metrics import MqttMetrics
 from service_runtime.systemd import SystemdNotifier
 
@@ -125,6 +126,12 @@ class ControllerService:
             self.executor,
             request_rebirth=self._request_rebirth,
             monotonic=monotonic,
+            max_batch=settings.ingest.max_batch,
+            linger_s=settings.ingest.linger_s,
+            key_wait_s=settings.ingest.key_wait_s,
+            rebirth_gateway_interval_s=settings.ingest.rebirth_gateway_interval_s,
+            rebirth_fleet_per_s=settings.ingest.rebirth_fleet_per_s,
+            rebirth_fleet_burst=settings.ingest.rebirth_fleet_burst,
             allowed_project_keys=settings.memfault.allowed_project_keys,
         )
         self.coordinator = RolloutCoordinator(
@@ -151,9 +158,10 @@ class ControllerService:
                 password=mqtt.password,
                 tls=TlsSettings(mqtt.ca_file, mqtt.cert_file, mqtt.key_file) if mqtt.ca_file else None,
                 keepalive_s=mqtt.keepalive_s,
-                # Replicas on shared subscriptions keep no session: an offline replica must not hold
-                # a share of the messages (the store, not the broker queue, is the truth).
-                session_expiry_s=0,
+                # Short but not zero: what the broker queued survives a connection drop or a broker
+                # restart, while a replica gone for good holds its share of the shared subscriptions
+                # only until its session expires (mosquitto keeps assigning it its round-robin share).
+                session_expiry_s=mqtt.session_expiry_s,
                 outbox_limit=mqtt.outbox_limit,
             ),
             tree=self.tree,
@@ -161,6 +169,8 @@ class ControllerService:
                 # Presence is not shared: every replica must get the retained presence of every
                 # gateway (a shared subscription receives no retained messages, MQTT 5 §4.8.2).
                 Subscription(self.tree.filter(TopicKind.GATEWAY_PRESENCE), qos=1),
+                # Peers' presence: a replica gone for good still holds its share of the report stream.
+                Subscription(self.tree.filter(TopicKind.CONTROLLER_PRESENCE), qos=1),
                 *(
                     Subscription(self.tree.filter(kind), qos=1, share_group=share)
                     for kind in (
@@ -180,16 +190,17 @@ class ControllerService:
         )
         # Device reports are the one high-volume stream (a fleet's rebirth after a broker restart):
         # they arrive on their own connection and thread.
+        self._report_mqtt = MqttSettings(
+            mqtt.host,
+            mqtt.port,
+            _report_client_id(settings.controller_id),
+            username=mqtt.username,
+            password=mqtt.password,
+            tls=TlsSettings(mqtt.ca_file, mqtt.cert_file, mqtt.key_file) if mqtt.ca_file else None,
+            keepalive_s=mqtt.keepalive_s,
+        )
         self.firehose = MqttFirehose(
-            MqttSettings(
-                mqtt.host,
-                mqtt.port,
-                f"{settings.controller_id}-reports",
-                username=mqtt.username,
-                password=mqtt.password,
-                tls=TlsSettings(mqtt.ca_file, mqtt.cert_file, mqtt.key_file) if mqtt.ca_file else None,
-                keepalive_s=mqtt.keepalive_s,
-            ),
+            self._report_mqtt,
             tree=self.tree,
             subscriptions=[Subscription(self.tree.filter(TopicKind.DEVICE_REPORT), qos=1, share_group=share)],
             on_ready=self.ingest.wake,
@@ -207,6 +218,11 @@ class ControllerService:
         self._sweep_outbox = True
         """Read every pending command from the store at the next step (a new term, or a refusal)."""
         self._loaded_epoch: int | None = None
+        self._peers_online: dict[str, bool] = {}
+        self._peers_sharing: set[str] = set()
+        self._peer_watch: dict[str, asyncio.Task[None]] = {}
+        self.peer_sessions_discarded = 0
+        """Report sessions of departed peers this replica deleted (each followed by rebirths)."""
 
     @property
     def is_leader(self) -> bool:
@@ -217,6 +233,11 @@ class ControllerService:
 
     async def run(self) -> None:
         """Run until `stop()`."""
+        # Objects made during start-up (modules, settings, the store) are frozen out of every later
+        # collection, and young collections wait for `gc_gen0_threshold` allocations: see the setting.
+        gc.freeze()
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(self.settings.ingest.gc_gen0_threshold, gen1, gen2)
         # Reports first: a rebirth asked for over the session must find the report stream listening.
         self.ingest.attach(_FirehoseReports(self.firehose), asyncio.get_running_loop())
         self.firehose.start()
@@ -236,6 +257,7 @@ class ControllerService:
             self._notifier.stopping()
             # Reports stop arriving first, so the last flush below writes everything received.
             await asyncio.to_thread(self.firehose.stop)
+            tasks.extend(self._peer_watch.values())
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -271,6 +293,9 @@ class ControllerService:
                     # Reports on the shared subscription come without their retained copies: a
                     # controller that just connected asks each live gateway to publish them again.
                     self.ingest.request_rebirth_once(payload.gateway_id)
+        elif kind is TopicKind.CONTROLLER_PRESENCE and isinstance(payload, ControllerPresence):
+            if payload.controller_id == message.route.controller_id:
+                self._on_peer_presence(payload)
         elif kind is TopicKind.DEVICE_CREDENTIAL and isinstance(payload, DeviceCredential):
             await self.ingest.add_credential(payload, message.route.gateway_id or "", self._wall_clock())
         elif kind in INBOX_KINDS:
@@ -349,6 +374,43 @@ class ControllerService:
                 correlation_data=rejected.correlation_data,
             )
         )
+
+    # --- peers' report sessions ----------------------------------------------------------------
+
+    def _on_peer_presence(self, presence: ControllerPresence) -> None:
+        """Watch a peer replica: offline past the grace period, its report session is discarded."""
+        peer = presence.controller_id
+        if peer == self.settings.controller_id:
+            return
+        self._peers_online[peer] = presence.online
+        # Online or not yet discarded, a peer's session takes its share of the report stream.
+        self._peers_sharing.add(peer)
+        self.ingest.set_shared(True)
+        if presence.online or peer in self._peer_watch:
+            return
+        task = asyncio.get_running_loop().create_task(self._discard_peer_session(peer), name=f"peer-{peer}")
+        self._peer_watch[peer] = task
+        task.add_done_callback(lambda _: self._peer_watch.pop(peer, None))
+
+    async def _discard_peer_session(self, peer: str) -> None:
+        await asyncio.sleep(self.settings.ingest.peer_session_grace_s)
+        if self._peers_online.get(peer, False):
+            return  # it came back and took its session (and what waited in it) over
+        discarded = await asyncio.to_thread(discard_session, self._report_mqtt, _report_client_id(peer))
+        if not discarded:
+            return
+        self.peer_sessions_discarded += 1
+        self._peers_sharing.discard(peer)
+        self.ingest.set_shared(bool(self._peers_sharing))
+        # What waited in the peer's session, or in its memory when it died, is asked for again.
+        try:
+            gateways = await self.executor.call(self.store.gateways)
+        except StoreError as error:
+            log.warning("cannot list gateways after a peer's death", peer=peer, error=str(error))
+            return
+        online = [gateway.gateway_id for gateway in gateways if gateway.online]
+        log.info("discarded a departed peer's report session", peer=peer, rebirths=len(online))
+        self.ingest.request_rebirths(online, f"controller {peer} departed")
 
     def _request_rebirth(self, gateway_id: str) -> None:
         topic = self.tree.topic(TopicKind.GATEWAY_COMMAND, gateway_id=gateway_id)
@@ -525,6 +587,11 @@ def _summed(*sources: Mapping[tuple[str, str], int]) -> dict[tuple[str, str], in
         for key, count in list(source.items()):
             total[key] = total.get(key, 0) + count
     return total
+
+
+def _report_client_id(controller_id: str) -> str:
+    """The client id of a replica's report connection (stable: its session outlives a reconnect)."""
+    return f"{controller_id}-reports"
 
 
 class _FirehoseReports:

@@ -25,6 +25,10 @@ class MqttConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     topic_prefix: str = "mcufleet/v1"
     share_group: str = "controllers"
     outbox_limit: Annotated[int, msgspec.Meta(ge=10)] = 200_000
+    session_expiry_s: Annotated[int, msgspec.Meta(ge=0, le=7 * 24 * 3600)] = 120
+    """How long the broker keeps this replica's MQTT 5 session (and queues for it) while it is away:
+    long enough for a connection drop or a broker restart, short because a replica that is gone for
+    good keeps its round-robin share of the shared subscriptions until its session expires."""
 
 
 class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -106,6 +110,28 @@ class OperatorAuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     signatures are remembered this long, so a replay inside the window is refused too."""
     max_remembered_signatures: Annotated[int, msgspec.Meta(ge=1)] = 100_000
     """Bound on the replay memory: while it is full, new signed requests are refused."""
+class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How reports and credentials are batched into the store, and how rebirths are rationed."""
+
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 5000
+    linger_s: Annotated[float, msgspec.Meta(ge=0, le=5)] = 0.05
+    """How long a burst may gather before a batch is written."""
+    key_wait_s: PositiveSeconds = 15.0
+    """How long a report whose project key has not arrived waits for its credential before the
+    controller asks that gateway for one rebirth (credentials are never retained)."""
+    rebirth_gateway_interval_s: PositiveSeconds = 30.0
+    """At most one rebirth request per gateway per this interval."""
+    rebirth_fleet_per_s: PositiveSeconds = 20.0
+    """Fleet-wide rebirth requests per second once `rebirth_fleet_burst` is spent."""
+    rebirth_fleet_burst: Annotated[int, msgspec.Meta(ge=1)] = 100
+    peer_session_grace_s: PositiveSeconds = 30.0
+    """How long a peer replica may stay offline before this replica deletes its report session (which
+    holds the peer's share of the shared report subscription) and asks every live gateway for a
+    rebirth. A restart under the same `controller_id` within this time loses nothing either way."""
+    gc_gen0_threshold: Annotated[int, msgspec.Meta(ge=700, le=1_000_000)] = 50_000
+    """Allocations between two young-generation garbage collections in the controller process
+    (CPython's default is 700). A report burst allocates a few containers per message; at the
+    default, collections took as long as decoding the reports themselves."""
 
 
 class ControllerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -119,3 +145,4 @@ class ControllerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     log: LogConfig = LogConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     operator_auth: OperatorAuthConfig = OperatorAuthConfig()
+    ingest: IngestConfig = IngestConfig()

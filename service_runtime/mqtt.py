@@ -65,8 +65,10 @@ class MqttSettings:
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 24 * 3600
     """How long the broker keeps this session (and queues QoS 1 messages) while disconnected.
-    Agents keep it long; controller replicas on shared subscriptions use 0 (see ecosystem notes:
-    a persistent session on a shared subscription keeps receiving its share while offline)."""
+    Agents keep it long; controller replicas on shared subscriptions keep it short
+    (`mqtt.session_expiry_s`, 120 s): long enough to ride out a connection drop or a broker restart,
+    short because a persistent session on a shared subscription keeps receiving its round-robin
+    share while offline (ecosystem notes), which waits for it until it returns or expires."""
     operation_timeout_s: float = 10.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0

@@ -6,6 +6,14 @@ message and wakes the consumer when the queue stops being empty; the consumer `d
 time, decoding through `schemas` on its own thread. Handing over batches rather than messages keeps
 the two threads from trading the GIL once per message, which cost more than the decoding itself.
 Bad payloads are counted and dropped exactly as in the session. paho reconnects by itself.
+
+The session persists (MQTT 3.1.1 `clean_session=False` and a stable client id), so what the broker
+queued while this connection was away (a connection drop, a broker restart, a controller restart)
+is delivered when it comes back. paho acknowledges each message on receipt, not after the store
+commits it: acknowledging after the commit would bound a QoS 1 stream to the broker's
+`max_inflight_messages` per commit (20 by default, 100 shipped: about 2,000 reports/s at a 50 ms
+batch), and the broker drops what overflows its queue. What a killed controller held only in memory
+is asked for again instead: on start it asks every live gateway for a rebirth (rate-limited).
 """
 
 from __future__ import annotations
@@ -51,13 +59,14 @@ class MqttFirehose:
         """Messages received since start, before any decoding (for measurements)."""
         self._metrics = metrics
         self._settings = settings
-        # MQTT 3.1.1: this connection only subscribes (shared subscriptions work in 3.1.1 on mosquitto,
+        # MQTT 3.1.1 (so no session expiry: the broker's persistent_client_expiration bounds it): this
+        # connection only subscribes (shared subscriptions work in 3.1.1 on mosquitto,
         # EMQX, HiveMQ), and paho parses 3.1.1 publishes about twice as fast as MQTT 5 ones, whose
         # property decoding dominated the cost per report.
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
-            clean_session=True,
+            clean_session=False,
             protocol=mqtt.MQTTv311,
         )
         if settings.username:
@@ -130,11 +139,57 @@ class MqttFirehose:
                 self._metrics.rejected.labels("topic" if route is None else "payload").inc()
                 log.warning("mqtt message rejected", topic=topic, error=str(error))
                 continue
-            self._metrics.received.labels(route.kind.value).inc()
             decoded.append((route, message, retained))
+        # Counted once per kind and batch: a labelled increment per message cost 1.6 us.
+        counts: dict[str, int] = {}
+        for route, _, _ in decoded:
+            counts[route.kind.value] = counts.get(route.kind.value, 0) + 1
+        for kind, count in counts.items():
+            self._metrics.received.labels(kind).inc(count)
         return decoded
 
     @property
     def queued(self) -> int:
         """Messages received and not drained yet."""
         return len(self._raw)
+
+
+def discard_session(settings: MqttSettings, client_id: str, timeout_s: float = 10.0) -> bool:
+    """Delete the broker's persistent session of `client_id` (blocking; returns whether it was done).
+
+    A replica gone for good keeps its round-robin share of a shared subscription in its session
+    (mosquitto queues it there until the client returns): connecting once with a clean session under
+    its id, then disconnecting, removes that session and its subscriptions from the group. Its
+    queued messages go with it, so the caller asks for them again (a rebirth). If the replica is
+    connected at that moment the broker takes its connection over; paho reconnects it.
+    """
+    connected = threading.Event()
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311
+    )
+    if settings.username:
+        client.username_pw_set(settings.username, settings.password or None)
+    if settings.tls is not None:
+        context = ssl.create_default_context(cafile=settings.tls.ca_file)
+        if settings.tls.cert_file:
+            context.load_cert_chain(settings.tls.cert_file, settings.tls.key_file or None)
+        client.tls_set_context(context)
+
+    def on_connect(
+        client: mqtt.Client, userdata: object, flags: object, reason: object, properties: object
+    ) -> None:
+        connected.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
+    except OSError as error:
+        log.warning("cannot discard a session", client_id=client_id, error=str(error))
+        return False
+    client.loop_start()
+    try:
+        done = connected.wait(timeout_s)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return done

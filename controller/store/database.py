@@ -71,7 +71,7 @@ class SqliteDatabase:
     def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
         """Run one statement per row."""
         try:
-            self._db.executemany(sql, [tuple(row) for row in rows])
+            self._db.executemany(sql, rows)
         except sqlite3.Error as error:
             raise StoreError(f"SQLite: {error}") from error
 

@@ -9,7 +9,7 @@ fenced by the lease epoch, so a paused former leader that wakes up cannot write 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -21,6 +21,10 @@ from schemas import DeviceReport, GatewayPresence, Reachability, supersedes
 
 _REPORT_ENCODER = msgspec.json.Encoder()
 _REPORT_DECODER = msgspec.json.Decoder(DeviceReport)
+_MIGRATION_LOCK = 0x6D6366_6C656574
+"""The PostgreSQL advisory lock key migrations hold ("mcfleet")."""
+_IN_CHUNK = 500
+"""Serials per `IN (...)` list (SQLite allows 32,766 parameters; PostgreSQL 65,535)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,9 @@ class FleetStore:
     def migrate(self) -> None:
         """Apply every migration the database has not seen."""
         with self.db.transaction():
+            if self.db.dialect is Dialect.POSTGRES:
+                # Replicas starting together on a fresh database would race to create the tables.
+                self.db.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
             self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             rows = self.db.fetchall("SELECT version FROM schema_version")
             current = int(rows[0][0]) if rows else 0
@@ -185,20 +192,28 @@ class FleetStore:
             known = newest.get(key)
             if known is None or (report.epoch, report.seq) > (known.epoch, known.seq):
                 newest[key] = report
-        with self.db.transaction():
-            links = []
-            for report in newest.values():
-                links.append(
+        # One pass builds both tables' rows (this runs for every report of a fleet's rebirth burst).
+        links: list[tuple[object, ...]] = []
+        devices: list[tuple[object, ...]] = []
+        present_state, encode = Reachability.PRESENT, _REPORT_ENCODER.encode
+        for r in newest.values():
+            seen_at_s = r.seen_at.timestamp()
+            present = r.reachability is present_state
+            links.append((r.device_serial, r.gateway_id, r.epoch, r.seq, r.rssi_dbm, present, seen_at_s))
+            if present and r.current_version:
+                devices.append(
                     (
-                        report.device_serial,
-                        report.gateway_id,
-                        report.epoch,
-                        report.seq,
-                        report.rssi_dbm,
-                        report.reachability is Reachability.PRESENT,
-                        report.seen_at.timestamp(),
+                        r.device_serial,
+                        r.hardware_version,
+                        r.software_type,
+                        r.current_version,
+                        r.memfault.value,
+                        r.project_key_fingerprint,
+                        encode(r),
+                        seen_at_s,
                     )
                 )
+        with self.db.transaction():
             # The WHERE on the update makes an old (epoch, seq) a no-op: stale input is ignored.
             self.db.executemany(
                 "INSERT INTO device_link (serial, gateway_id, epoch, seq, rssi_dbm, reachable, seen_at)"
@@ -209,9 +224,6 @@ class FleetStore:
                 " (excluded.epoch = device_link.epoch AND excluded.seq > device_link.seq)",
                 links,
             )
-            present = [
-                r for r in newest.values() if r.reachability is Reachability.PRESENT and r.current_version
-            ]
             self.db.executemany(
                 "INSERT INTO device (serial, hardware_version, software_type, current_version, memfault,"
                 " key_fingerprint, report, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -220,19 +232,7 @@ class FleetStore:
                 " memfault = excluded.memfault, key_fingerprint = excluded.key_fingerprint,"
                 " report = excluded.report, updated_at = excluded.updated_at"
                 " WHERE excluded.updated_at >= device.updated_at",
-                [
-                    (
-                        r.device_serial,
-                        r.hardware_version,
-                        r.software_type,
-                        r.current_version,
-                        r.memfault.value,
-                        r.project_key_fingerprint,
-                        _REPORT_ENCODER.encode(r),
-                        r.seen_at.timestamp(),
-                    )
-                    for r in present
-                ],
+                devices,
             )
         return len(newest)
 
@@ -258,6 +258,60 @@ class FleetStore:
                 (serial, project_key, fingerprint, gateway_id, now_s),
             )
             return CredentialOffer.PENDING
+
+    def credential_keys(self, serials: Collection[str]) -> tuple[dict[str, str], dict[str, str]]:
+        """(saved project keys, keys pending an operator) of these devices, by serial."""
+        saved: dict[str, str] = {}
+        pending: dict[str, str] = {}
+        ordered = sorted(set(serials))
+        for start in range(0, len(ordered), _IN_CHUNK):
+            chunk = ordered[start : start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            # Only placeholders are formatted in; the serials travel as parameters.
+            for serial, key in self.db.fetchall(
+                f"SELECT serial, project_key FROM credential WHERE serial IN ({marks})",  # noqa: S608
+                chunk,
+            ):
+                saved[str(serial)] = str(key)
+            for serial, key in self.db.fetchall(
+                f"SELECT serial, project_key FROM pending_key_change WHERE serial IN ({marks})",  # noqa: S608
+                chunk,
+            ):
+                pending[str(serial)] = str(key)
+        return saved, pending
+
+    def apply_ingest(
+        self,
+        credentials: Sequence[tuple[str, str, str]],
+        pending: Sequence[PendingKeyChange],
+        pending_keys: Sequence[str],
+        reports: Sequence[DeviceReport],
+    ) -> int:
+        """Save credentials, park key changes and apply reports in one transaction.
+
+        `credentials` are (serial, key, fingerprint); `pending_keys[i]` is the project key of
+        `pending[i]`. Returns how many reports were applied.
+        """
+        with self.db.transaction():
+            if credentials:
+                self.db.executemany(
+                    "INSERT INTO credential (serial, project_key, fingerprint) VALUES (?, ?, ?)"
+                    " ON CONFLICT (serial) DO UPDATE SET project_key = excluded.project_key,"
+                    " fingerprint = excluded.fingerprint",
+                    credentials,
+                )
+            if pending:
+                self.db.executemany(
+                    "INSERT INTO pending_key_change (serial, project_key, fingerprint, gateway_id, at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (serial) DO UPDATE SET"
+                    " project_key = excluded.project_key, fingerprint = excluded.fingerprint,"
+                    " gateway_id = excluded.gateway_id, at = excluded.at",
+                    [
+                        (change.serial, key, change.fingerprint, change.gateway_id, change.at_s)
+                        for change, key in zip(pending, pending_keys, strict=True)
+                    ],
+                )
+            return self.apply_reports(reports)
 
     def pending_key_change(self, serial: str) -> PendingKeyChange | None:
         """The key change waiting for an operator for this device, if any."""

@@ -60,6 +60,10 @@ class MosquittoBroker:
             "persistence true\n"
             f"persistence_location {workdir / 'data'}/\n"
             "autosave_interval 1\n"
+            # The shipped queue limits (deploy/mosquitto/mosquitto.conf): publishers now keep many
+            # QoS 1 messages in flight, so a burst outruns mosquitto's default of 1000 queued.
+            "max_queued_messages 200000\n"
+            "max_queued_bytes 0\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             "connection_messages true\n"
