@@ -5,7 +5,9 @@ so every device looks like its own Zephyr board to clients that cannot choose a 
 `port_per_device`, every device listens on `base_host` at a port the kernel picks.
 
 Time is the event loop's clock (`loop.time()`): it is the `now_s` fed to the devices, and delayed
-replies and device timers are scheduled with `loop.call_at`.
+replies and device timers are scheduled with `loop.call_at`. Datagrams already queued on a device's
+socket when it is read are all fed at the time of that read (they had all arrived by then), so how
+far apart a device reads a burst is its link model's `read_interval_s`, never the loop's load.
 """
 
 import asyncio
@@ -13,6 +15,7 @@ import functools
 import ipaddress
 import logging
 import resource
+import socket
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, Self, cast
@@ -24,6 +27,9 @@ from simulator.fleet import Fleet
 DEFAULT_BASE_HOST: Final = "127.0.0.2"
 SMP_UDP_PORT: Final = 1337
 _FD_HEADROOM: Final = 64
+_DATAGRAM_MAX_BYTES: Final = 65535
+_QUEUED_READS_MAX: Final = 256
+"""Datagrams read from one socket in one turn of the loop, so a flooding client cannot starve the rest."""
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +38,14 @@ class _DeviceEndpoint(asyncio.DatagramProtocol):
     """One device's socket: feeds datagrams to the device and sends its replies when they are due."""
 
     def __init__(
-        self, device: SimDevice, loop: asyncio.AbstractEventLoop, on_activity: Callable[[], None]
+        self,
+        device: SimDevice,
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+        on_activity: Callable[[], None],
     ) -> None:
         self.device = device
+        self._sock = sock
         self._loop = loop
         self._on_activity = on_activity
         self._transport: asyncio.DatagramTransport | None = None
@@ -46,7 +57,23 @@ class _DeviceEndpoint(asyncio.DatagramProtocol):
         self._transport = cast("asyncio.DatagramTransport", transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        # The transport reads one datagram per turn of the loop, and a loaded loop turns slowly:
+        # the datagrams queued behind this one had arrived by now too, so they are read at once
+        # and fed at this same `now_s`, and the device's link model alone spaces its reads.
         now_s = self._loop.time()
+        self._handle(data, addr, now_s)
+        for _ in range(_QUEUED_READS_MAX):
+            try:
+                data, addr = self._sock.recvfrom(_DATAGRAM_MAX_BYTES)
+            except BlockingIOError:
+                break
+            except OSError:  # a queued ICMP error (see error_received); datagrams may follow it
+                continue
+            self._handle(data, addr, now_s)
+        self._arm_timer()
+        self._on_activity()
+
+    def _handle(self, data: bytes, addr: tuple[str | Any, int], now_s: float) -> None:
         try:
             outgoing = self.device.handle(data, now_s)
         except Exception:  # a device bug must not take the other devices down with it
@@ -59,8 +86,6 @@ class _DeviceEndpoint(asyncio.DatagramProtocol):
                 self._send(frame, addr)
             else:
                 self._send_later(send_at_s, frame, addr)
-        self._arm_timer()
-        self._on_activity()
 
     def error_received(self, exc: Exception) -> None:
         # A client that went away (ICMP port unreachable): UDP has nobody to tell.
@@ -177,9 +202,10 @@ class FleetServer:
         self._running = True
         try:
             for (serial, device), (host, port) in zip(self._devices.items(), addresses, strict=True):
-                endpoint = _DeviceEndpoint(device, loop, self._notify)
+                sock = _bound_socket(host, port)
+                endpoint = _DeviceEndpoint(device, sock, loop, self._notify)
                 transport, _ = await loop.create_datagram_endpoint(
-                    functools.partial(_same, endpoint), local_addr=(host, port)
+                    functools.partial(_same, endpoint), sock=sock
                 )
                 self._protocols.append(endpoint)
                 bound_host, bound_port = transport.get_extra_info("sockname")[:2]
@@ -238,6 +264,18 @@ class FleetServer:
 
 def _same(endpoint: _DeviceEndpoint) -> _DeviceEndpoint:
     return endpoint
+
+
+def _bound_socket(host: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket bound to `(host, port)`; the endpoint reads it directly too."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def ensure_file_limit(open_files: int) -> None:

@@ -5,12 +5,14 @@ test_calibration.py sends the same traffic to it and to this profile and asserts
 - MCUmgr parameters: buf_size 2048, buf_count 2; groups enum, fs, os, settings, shell, stat,
   zbasic (the simulator models os and enum only); no image group, no Memfault group 128, no
   bootloader info (all rc 8). OS info and enumeration answer as os_group.py and enum_group.py say.
-- A burst written in one go is read one datagram at a time; while a request is processed it holds
-  both buffers, so every second datagram of a burst finds the pool empty and is dropped: a burst of
-  n echoes is answered at positions 0, 2, 4, ... Modelled with a read every 2 ms and 3 ms of
-  processing: reads of a burst are 2 ms apart whatever the client's own jitter, each one lands
-  inside the previous accepted request's processing or just after it, as on the real build (whose
-  echo round trip is about 9 ms).
+- A burst queued whole before the build reads any of it (the test stops the build with SIGSTOP
+  while it sends) is read one datagram at a time; while a request is processed it holds both
+  buffers, so every second datagram finds the pool empty and is dropped: a burst of n echoes is
+  answered at positions 0, 2, 4, ... and n // 2 drops are logged, on every run. Modelled with a
+  read every 2 ms and 3 ms of processing: the server feeds a queued burst at one time
+  (simulator/server.py), so its reads are 2 ms apart however loaded the machine, and each one
+  lands inside the previous accepted request's processing or just after it, as on the real build
+  (whose echo round trip is about 9 ms).
 - Datagrams of 1500 bytes are answered, 1501 and more get `{"rc": 9}` (cut at the UDP MTU).
 """
 

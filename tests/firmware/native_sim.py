@@ -18,10 +18,11 @@ import ctypes
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -99,6 +100,25 @@ class NativeSimUdp:
     def socket_factory(self) -> Callable[[], socket.socket]:
         """Makes sockets that live in this instance's namespace (one per transport (re)open)."""
         return lambda: socket_in_namespace(self.netns_path)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop the build (SIGSTOP) for the block, so everything sent meanwhile is queued before it reads any.
+
+        native_sim runs Zephyr on a simulated clock inside this one process, so from the moment it
+        continues, what it does with a queue it finds is the same on every run, however loaded the
+        machine. Returns only once every thread of it has stopped.
+        """
+        pid = self.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # Reports the group stop (or an exit) without reaping: asyncio's child watcher reaps.
+            stopped = os.waitid(os.P_PID, pid, os.WSTOPPED | os.WEXITED | os.WNOWAIT)
+            if stopped is None or stopped.si_code != os.CLD_STOPPED:
+                raise NativeSimError(f"{self.build.artifact.name} exited instead of stopping")
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
     def count(self, text: str) -> int:
         """How many log lines so far contain `text`."""

@@ -1,11 +1,18 @@
 """The simulator answers and drops like the real native_sim_udp build: same bursts, same oversized frames.
 
-Each case sends the same datagrams, in one go, to the real Zephyr 4.4.0 build and to the simulator's
-calibrated device (`simulator.device.calibration`), then asserts both answered the same requests
-with the same replies and that each device's own drop count accounts for every unanswered one.
-Knowing when a device has finished with a burst is an event, not a delay: after the burst a fence
-echo is sent until one is answered, and since both devices answer in the order they read, every
-reply the burst will ever get has come by then.
+Each case sends the same datagrams to the real Zephyr 4.4.0 build and to the simulator's calibrated
+device (`simulator.device.calibration`), then asserts both answered the same requests with the
+same replies and that each device's own drop count accounts for every unanswered one.
+
+Which datagrams of a burst a device answers depends on when it reads them, so a burst is queued
+whole before the device reads any of it: the real build is stopped (SIGSTOP) while it is sent, and
+the simulator shares this test's event loop, which does not run while the burst is sent. From
+there both are deterministic (native_sim runs Zephyr on a simulated clock; the simulator feeds a
+queued burst at one time and spaces the reads by its link model), however loaded the machine.
+Knowing when a device has finished with a burst is an event, not a delay: every datagram is
+answered or counted as a drop (the build's log line, the simulator's counter), and then one fence
+echo, which the idle device answers, shows every reply the burst will ever get has come (both
+devices answer in the order they read).
 """
 
 from __future__ import annotations
@@ -33,9 +40,9 @@ from tests.firmware.native_sim import NO_BUFFER_PATTERN, native_sim_udp
 
 HEADER = struct.Struct("!BBHHBB")
 FENCE_SEQUENCE = 250
-FENCE_WAIT_S = 0.05
-"""How long one fence waits for its reply before the next is sent (the build answers in ~9 ms)."""
-MAX_FENCES = 200
+SETTLE_TIMEOUT_S = 10.0
+"""How long a device may take to answer or count every datagram (milliseconds when all is well;
+the time only runs out when a datagram went unaccounted, and the assertions then say which)."""
 
 
 def frame(group: int, command: int, body: Any = None, *, op: int = 0, sequence: int = 0) -> bytes:
@@ -56,67 +63,115 @@ Answer = tuple[int, int, int, int, Any]
 """(sequence, op, group, command, decoded body) of one reply."""
 
 
-async def _counted_at_once(drops: int) -> None:
-    return
+class _Replies(asyncio.DatagramProtocol):
+    """Every reply one socket receives, in arrival order."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self._arrived = asyncio.Event()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.frames.append(data)
+        self._arrived.set()
+
+    async def more_than(self, count: int) -> None:
+        """Return once more than `count` replies have arrived."""
+        while len(self.frames) <= count:
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    def sequences(self) -> set[int]:
+        """The sequence numbers answered so far."""
+        return {HEADER.unpack_from(reply)[4] for reply in self.frames}
 
 
 @dataclass
 class Target:
-    """A device under test: how to make a socket that reaches it, and its own count of no-buffer drops."""
+    """A device under test: how to reach it, its own count of no-buffer drops, how to hold its reads."""
 
     name: str
     address: tuple[str, int]
     make_socket: Callable[[], socket.socket]
     drops: Callable[[], int]
-    logged: Callable[[int], Awaitable[None]] = _counted_at_once
+    counted: Callable[[int], Awaitable[None]]
     """Returns once the device's drop count reaches the number given (its log may lag its replies)."""
+    held: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
+    """Keeps the device from reading its socket for the block (the simulator cannot read while
+    this test does not yield to the event loop)."""
 
     async def exchange(self, datagrams: list[bytes]) -> list[Answer]:
-        """Send `datagrams` in one go; return every reply they got, in arrival order.
+        """Queue `datagrams` whole before the device reads any; return every reply they got, in arrival order.
 
-        Also checks that the device's drop count rose by exactly the datagrams (burst and fences)
-        that got no reply and should have: nothing was lost anywhere else. Datagrams are told
-        apart by the sequence number of their first request.
+        Also checks that the device's drop count rose by exactly the datagrams that got no reply
+        and should have: nothing was lost anywhere else. Datagrams are told apart by the sequence
+        number of their first request; one shorter than a header is silence by smp.c's rules.
         """
         loop = asyncio.get_running_loop()
         sock = self.make_socket()
         sock.connect(self.address)
+        replies = _Replies()
+        transport, _ = await loop.create_datagram_endpoint(lambda: replies, sock=sock)
+        requests = [_sequences(datagram) for datagram in datagrams if len(datagram) >= HEADER.size]
         drops_before = self.drops()
-        answers: list[Answer] = []
-        fences = 0
         try:
-            for datagram in datagrams:
-                sock.send(datagram)
-            while True:
-                fences += 1
-                assert fences <= MAX_FENCES, f"{self.name} never answered a fence"
-                sock.send(frame(0, 0, {"d": "fence"}, op=2, sequence=FENCE_SEQUENCE))
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(FENCE_WAIT_S):
-                        while True:
-                            reply = await loop.sock_recv(sock, 65536)
-                            first, _, _, group, sequence, command = HEADER.unpack_from(reply)
-                            if sequence == FENCE_SEQUENCE:
-                                break
-                            answers.append((sequence, first & 7, group, command, cbor2.loads(reply[8:])))
-                        break
+            with self.held():
+                for datagram in datagrams:
+                    sock.send(datagram)  # raises rather than queue in the transport: all or nothing
+            with contextlib.suppress(TimeoutError):  # the assertions below say what is missing
+                await self._accounted(replies, requests, drops_before)
+            # Every datagram is answered in full or dropped, so the device is idle and answers the
+            # fence (a busy one would drop it), and it answers it after any reply it still owed.
+            sock.send(frame(0, 0, {"d": "fence"}, op=2, sequence=FENCE_SEQUENCE))
+            try:
+                async with asyncio.timeout(SETTLE_TIMEOUT_S):
+                    while FENCE_SEQUENCE not in replies.sequences():
+                        await replies.more_than(len(replies.frames))
+            except TimeoutError:
+                raise AssertionError(f"{self.name} never answered the fence") from None
         finally:
-            sock.close()
+            transport.close()
+        answers = []
+        for reply in replies.frames:
+            first, _, _, group, sequence, command = HEADER.unpack_from(reply)
+            if sequence == FENCE_SEQUENCE:
+                break
+            answers.append((sequence, first & 7, group, command, cbor2.loads(reply[8:])))
         answered = {answer[0] for answer in answers}
-        # A datagram with a header and no reply was dropped; one shorter than a header is silence
-        # by smp.c's rules. Every fence before the answered one was dropped too (replies keep order).
-        unanswered = (
-            fences
-            - 1
-            + sum(
-                len(datagram) >= HEADER.size and HEADER.unpack_from(datagram)[4] not in answered
-                for datagram in datagrams
-            )
-        )
-        with contextlib.suppress(TimeoutError):
-            await self.logged(drops_before + unanswered)
+        unanswered = sum(sequences[0] not in answered for sequences in requests)
         assert self.drops() - drops_before == unanswered, f"{self.name} lost datagrams it did not count"
         return answers
+
+    async def _accounted(self, replies: _Replies, requests: list[list[int]], drops_before: int) -> None:
+        """Return once every datagram (its `requests`' sequences) is answered in full or counted dropped."""
+        async with asyncio.timeout(SETTLE_TIMEOUT_S):
+            while True:
+                seen, drops = len(replies.frames), self.drops()
+                answered = replies.sequences()
+                in_full = sum(set(sequences) <= answered for sequences in requests)
+                if drops - drops_before + in_full >= len(requests):
+                    return
+                await _first(replies.more_than(seen), self.counted(drops + 1))
+
+
+def _sequences(datagram: bytes) -> list[int]:
+    """The sequence numbers of the requests packed in `datagram`, in order (the last may be cut short)."""
+    sequences = []
+    offset = 0
+    while offset + HEADER.size <= len(datagram):
+        _, _, length, _, sequence, _ = HEADER.unpack_from(datagram, offset)
+        sequences.append(sequence)
+        offset += HEADER.size + length
+    return sequences
+
+
+async def _first(*waits: Awaitable[None]) -> None:
+    """Return once any of `waits` has; cancel the others."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 @pytest.fixture
@@ -127,20 +182,25 @@ async def targets() -> AsyncIterator[tuple[Target, Target]]:
         native_sim_udp() as real,
         FleetServer([device], base_host="127.0.0.1", port_per_device=True) as sim,
     ):
-        nonblocking = _nonblocking_socket
         yield (
             Target(
                 "native_sim_udp",
                 real.address,
                 real.socket_factory(),
                 lambda: real.count(NO_BUFFER_PATTERN),
-                lambda drops: real.wait_for_log(NO_BUFFER_PATTERN, at_least=drops, timeout_s=2.0),
+                lambda drops: real.wait_for_log(
+                    NO_BUFFER_PATTERN, at_least=drops, timeout_s=SETTLE_TIMEOUT_S
+                ),
+                real.paused,
             ),
             Target(
                 "simulator",
                 sim.endpoints[device.identity.serial],
-                nonblocking,
+                _nonblocking_socket,
                 lambda: device.counters.no_buffer_drops,
+                lambda drops: sim.wait_until(
+                    lambda: device.counters.no_buffer_drops >= drops, timeout_s=SETTLE_TIMEOUT_S
+                ),
             ),
         )
 
@@ -162,7 +222,7 @@ async def both(targets: tuple[Target, Target], datagrams: list[bytes]) -> list[A
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 8])
 async def test_a_burst_is_answered_at_the_same_positions(targets: tuple[Target, Target], size: int) -> None:
-    """Echoes written in one go: both keep one in flight and drop the next, so 0, 2, 4... answer."""
+    """Echoes queued in one go: both read the next while one is processed and drop it: 0, 2, 4... answer."""
     answers = await both(targets, [echo(position) for position in range(size)])
     assert [answer[0] for answer in answers] == list(range(0, size, 2))
 
@@ -257,7 +317,7 @@ async def test_the_agents_window_settles_alike_on_both(targets: tuple[Target, Ta
         finally:
             await session.close()
         with contextlib.suppress(TimeoutError):
-            await target.logged(drops_before + report.resent)
+            await target.counted(drops_before + report.resent)
         assert [reply.raise_for_error()["r"] for reply in report.replies] == texts, target.name
         assert report.resent == target.drops() - drops_before > 0, target.name
         assert (report.window_sizes[0], report.window_smallest) == (4, 1), target.name

@@ -4,6 +4,8 @@ import asyncio
 import contextlib
 import hashlib
 import random
+import socket
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import cast
 
@@ -18,6 +20,7 @@ from smpclient.requests.os_management import EchoWrite, ResetWrite
 from smpclient.transport.udp import SMPUDPTransport
 
 from simulator.device import BootOutcome, DevicePhase, FaultPlan, MemfaultMode, SimDevice
+from simulator.device.calibration import native_sim_udp_device
 from simulator.errors import ServerError
 from simulator.fleet import DeviceSpec, Fleet
 from simulator.image import build_mcuboot_image, parse_mcuboot_image
@@ -232,6 +235,36 @@ async def test_legacy_rc_breaks_strict_client_models(server: FleetServer, client
         await client.request(DeviceInfoRead())
     offsets = [offset async for offset in client.upload(NEW)]
     assert offsets[-1] == len(NEW)
+
+
+async def test_a_burst_queued_at_once_is_read_as_the_link_spaces_it_however_slow_the_loop() -> None:
+    """A queued burst is fed at one time: a loop slower than a request still gets 0, 2, 4 answered."""
+    device = native_sim_udp_device()
+    async with FleetServer([device], base_host="127.0.0.1", port_per_device=True) as server:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.connect(server.endpoints[device.identity.serial])
+        turn: list[asyncio.Handle] = []
+
+        def slow_turn() -> None:
+            time.sleep(0.005)  # a loaded machine: every turn of the loop takes 5 ms
+            turn[:] = [loop.call_soon(slow_turn)]
+
+        slow_turn()
+        try:
+            for sequence in range(5):
+                sock.send(request(0, 0, {"d": "x"}, op=2, sequence=sequence))
+            await server.wait_until(lambda: device.counters.datagrams_received == 5, timeout_s=5)
+        finally:
+            turn[0].cancel()
+        try:
+            async with asyncio.timeout(5):
+                answered = [reply(await loop.sock_recv(sock, 2048))[0][5] for _ in range(3)]
+        finally:
+            sock.close()
+    assert answered == [0, 2, 4]
+    assert device.counters.no_buffer_drops == 2
 
 
 async def test_loopback_address_per_device_on_port_1337() -> None:
