@@ -110,6 +110,8 @@ class OperatorAuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     signatures are remembered this long, so a replay inside the window is refused too."""
     max_remembered_signatures: Annotated[int, msgspec.Meta(ge=1)] = 100_000
     """Bound on the replay memory: while it is full, new signed requests are refused."""
+
+
 class IngestConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How reports and credentials are batched into the store, and how rebirths are rationed."""
 
