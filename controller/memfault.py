@@ -113,6 +113,10 @@ class MemfaultClient:
         self._paused_until = 0.0
         self._answered_at = float("-inf")
 
+    async def aclose(self) -> None:
+        """Close the underlying HTTP client."""
+        await self._client.aclose()
+
     def paused_for_s(self) -> float:
         """Seconds until Memfault asked us to come back (0 when queries may go out)."""
         return max(0.0, self._paused_until - self._clock())

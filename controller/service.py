@@ -231,6 +231,8 @@ class ControllerService:
                 await self.executor.call(self.store.release_lease, self.settings.controller_id)
             await self.session.stop()
             await session_task
+            # The correlation view scans the store: it stops before the store's thread does.
+            await asyncio.to_thread(self.coordinator.close)
             self.executor.shutdown()
 
     async def stop(self) -> None:

@@ -181,6 +181,12 @@ class RolloutPlan(msgspec.Struct, frozen=True, kw_only=True):
     excluded: list[ExcludedDevice] = msgspec.field(default_factory=list)
     image_size_bytes: int = 0
     estimated_duration_s: float = 0.0
+    memfault_devices: int = 0
+    """Devices of the software type the plan asked Memfault about."""
+    memfault_answered: int = 0
+    """Of those, how many had an answer for their current version when the plan was made."""
+    memfault_oldest_answer_age_s: float = 0.0
+    """Age of the oldest of those answers (Memfault's artifact links last 6 hours)."""
 
 
 class StateCounts(msgspec.Struct, frozen=True, kw_only=True):
