@@ -140,6 +140,8 @@ class CorrelationView:
         self._wanted: dict[str, DeviceFacts] = {}
         self._answers: dict[str, StandingAnswer] = {}
         self._queued: set[str] = set()
+        self._requested_at: dict[str, float] = {}
+        """When a dispatch asked for a fresh answer, by serial (until one arrives and is used)."""
         self._outage = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[str] | None = None
@@ -183,7 +185,25 @@ class CorrelationView:
         """Ask again for this device even if answered (its answer is too old for a dispatch)."""
         with self._lock:
             self._wanted[facts.serial] = facts
+            self._requested_at.setdefault(facts.serial, self._clock())
         self._enqueue([facts.serial])
+
+    def usable_for_dispatch(self, facts: DeviceFacts, max_age_s: float) -> StandingAnswer | None:
+        """The device's answer when a dispatch may use it; None when it must be asked again.
+
+        Usable: for exactly `facts`, and younger than `max_age_s` or arrived since a `refresh`
+        asked for it (that request is then used up).
+        """
+        now = self._clock()
+        with self._lock:
+            answer = self._answers.get(facts.serial)
+            if answer is None or answer.asked != facts.query():
+                return None
+            requested = self._requested_at.get(facts.serial)
+            if requested is not None and answer.answered_at_s >= requested:
+                del self._requested_at[facts.serial]
+                return answer
+            return answer if now - answer.answered_at_s <= max_age_s else None
 
     # --- readers (any thread) --------------------------------------------------------------------
 

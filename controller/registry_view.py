@@ -140,12 +140,8 @@ class RegistryView:
             return Resolution(
                 None, f"dispatch paused: memfault unavailable ({outage})", hold_s=5.0, paused=True
             )
-        standing = view.answer(serial)
-        if (
-            standing is None
-            or standing.asked != fact.query()
-            or view.age_s(standing) > view.settings.dispatch_max_age_s
-        ):
+        standing = view.usable_for_dispatch(fact, view.settings.dispatch_max_age_s)
+        if standing is None:
             view.refresh(fact)
             return Resolution(
                 None, "waiting for a fresh memfault answer", hold_s=1.0, current_version=fact.current_version
