@@ -254,6 +254,11 @@ class CorrelationView:
         with self._lock:
             return self._lock.wait_for(lambda: all(current(fact) for fact in wanted), timeout_s)
 
+    def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        """Block until `predicate()` holds, checked whenever an answer or an outage is noted."""
+        with self._lock:
+            return self._lock.wait_for(predicate, timeout_s)
+
     # --- the view's own loop ---------------------------------------------------------------------
 
     def _enqueue(self, serials: Iterable[str]) -> None:
@@ -276,6 +281,8 @@ class CorrelationView:
             # Devices observed before the loop existed.
             waiting, self._queued = set(self._queued), set()
         client = self._build_client()
+        # Counted where the metrics read them, whichever client the view was given.
+        client.stats, client.latency = self.memfault.stats, self.memfault.latency
         self._ready.set()
         self._enqueue(waiting)
         workers = [
@@ -304,16 +311,14 @@ class CorrelationView:
             try:
                 answer = await client.latest_release(query, fresh=True)
             except MemfaultUnavailable as error:
-                with self._lock:
-                    if not self._outage:
-                        log.warning("memfault unavailable", error=str(error))
-                    self._outage = str(error)[:200] or "memfault unavailable"
-                asyncio.get_running_loop().call_later(
-                    max(self.settings.outage_retry_s, min(error.retry_after_s, 3600.0)),
-                    self._enqueue,
-                    [serial],
-                )
-                continue
+                if await self._others_answered(client, serial):
+                    # Memfault answers another device: this failure is this device's alone.
+                    answer = _device_failure(error)
+                    unanswered = client.stats.unanswered_by_reason
+                    unanswered[answer.reason] = unanswered.get(answer.reason, 0) + 1
+                else:
+                    self._note_outage(error, serial)
+                    continue
             except Exception as error:  # noqa: BLE001 (one device's surprise never stops the view)
                 answer = Unanswered("client_error", f"{type(error).__name__}: {error}"[:200])
             with self._lock:
@@ -322,6 +327,41 @@ class CorrelationView:
                 self._outage = ""
                 self._answers[serial] = StandingAnswer(query, answer, self._clock())
                 self._lock.notify_all()
+
+    async def _others_answered(self, client: MemfaultClient, failed: str) -> bool:
+        """Whether Memfault answers another device now: ask one that was answered before (a probe)."""
+        with self._lock:
+            probe = next(
+                (
+                    self._wanted[serial]
+                    for serial, standing in self._answers.items()
+                    if serial != failed
+                    and serial in self._wanted
+                    and not isinstance(standing.answer, Unanswered)
+                    and self._wanted[serial].project_key
+                ),
+                None,
+            )
+        if probe is None:
+            return False
+        try:
+            answer = await client.latest_release(probe.query(), fresh=True)
+        except MemfaultUnavailable:
+            return False
+        with self._lock:
+            self._answers[probe.serial] = StandingAnswer(probe.query(), answer, self._clock())
+        return True
+
+    def _note_outage(self, error: MemfaultUnavailable, serial: str) -> None:
+        """Memfault answers nobody: say so, and ask for this device again later."""
+        with self._lock:
+            if not self._outage:
+                log.warning("memfault unavailable", error=str(error))
+            self._outage = str(error)[:200] or "memfault unavailable"
+            self._lock.notify_all()
+        loop = asyncio.get_running_loop()
+        delay_s = max(self.settings.outage_retry_s, min(error.retry_after_s, 3600.0))
+        loop.call_later(delay_s, self._enqueue, [serial])
 
     async def _sweep(self) -> None:
         last_scan = float("-inf")
@@ -349,13 +389,19 @@ class CorrelationView:
             self._enqueue(due)
 
 
+def _device_failure(error: MemfaultUnavailable) -> Unanswered:
+    """One device's lasting failure as an answer (`http_500`, or `transport_error`)."""
+    message = str(error)
+    code = message.removeprefix("HTTP ")
+    reason = f"http_{code}" if message.startswith("HTTP ") and code.isdigit() else "transport_error"
+    return Unanswered(reason, message[:200])
+
+
 def _own_client(like: MemfaultClient) -> MemfaultClient:
-    """A client for the view's loop with `like`'s settings, counting into `like`'s stats."""
+    """A client for the view's loop with `like`'s settings."""
     settings = like.settings
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=max(2, settings.max_concurrency * 2)))
-    client = MemfaultClient(settings, http)
-    client.stats, client.latency = like.stats, like.latency
-    return client
+    return MemfaultClient(settings, http)
 
 
 def store_scan(store: FleetStore, executor: StoreExecutor) -> Callable[[], Awaitable[Sequence[DeviceFacts]]]:

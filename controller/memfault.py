@@ -4,8 +4,9 @@ One pooled async client; answers cached per device and version for a TTL; bounde
 request-rate limit; `Retry-After` honoured on 429 and 503 (the client then pauses every query until
 it passes); exponential backoff on 5xx and timeouts. An outage raises `MemfaultUnavailable`, which
 makes the scheduler pause dispatch: it never fails a device. An answer that is wrong for one device
-only (404, garbage, a truncated or oversized body, a 5xx that persists while other devices are
-answered) is the value `Unanswered`: that device is excluded, nothing else stops. Artifact URLs
+only (404, garbage, a truncated or oversized body, or a 5xx that persists while other devices are
+answered; the correlation view tells the two apart by asking another device) is the value
+`Unanswered`: that device is excluded, nothing else stops. Artifact URLs
 expire (six hours), so a dispatch asks with `fresh=True` right before it sends the command.
 """
 
@@ -33,10 +34,6 @@ from controller.releases import (
 
 LATEST_PATH: Final = "/api/v0/releases/latest"
 MAX_BODY_BYTES: Final = 1024 * 1024
-
-
-OUTAGE_WINDOW_S: Final = 30.0
-"""A 5xx after every retry is the device's own fault when another answer arrived this recently."""
 
 
 class _Artifact(msgspec.Struct, frozen=True):
@@ -111,7 +108,6 @@ class MemfaultClient:
         self._tokens = settings.requests_per_s
         self._tokens_at = clock()
         self._paused_until = 0.0
-        self._answered_at = float("-inf")
 
     async def aclose(self) -> None:
         """Close the underlying HTTP client."""
@@ -156,7 +152,6 @@ class MemfaultClient:
 
     async def _query(self, query: DeviceQuery) -> ReleaseAnswer:
         delay = self.settings.backoff_initial_s
-        last_status = 0
         for attempt in range(self.settings.max_retries + 1):
             if (wait := self.paused_for_s()) > 0:
                 if attempt == self.settings.max_retries:
@@ -173,21 +168,12 @@ class MemfaultClient:
                     self._count(str(response.status_code))
                     answer = self._interpret(response)
                     if answer is not None:
-                        if not isinstance(answer, Unanswered):
-                            self._answered_at = self._clock()
                         return answer
                     failure = f"HTTP {response.status_code}"
-                    if response.status_code >= httpx.codes.INTERNAL_SERVER_ERROR and (
-                        response.status_code != httpx.codes.SERVICE_UNAVAILABLE
-                    ):
-                        last_status = response.status_code
             if attempt < self.settings.max_retries:
                 self.stats.retries += 1
                 await self._sleep(max(delay, self.paused_for_s()))
                 delay = min(delay * 2, self.settings.backoff_max_s)
-        if last_status and self._clock() - self._answered_at < OUTAGE_WINDOW_S:
-            # Memfault answers others: this device's lasting 5xx is its own, not an outage.
-            return Unanswered(f"http_{last_status}", failure)
         raise MemfaultUnavailable(max(self.paused_for_s(), delay), failure)
 
     async def _send(self, query: DeviceQuery) -> httpx.Response:
