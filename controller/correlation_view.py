@@ -143,6 +143,7 @@ class CorrelationView:
         self._requested_at: dict[str, float] = {}
         """When a dispatch asked for a fresh answer, by serial (until one arrives and is used)."""
         self._outage = ""
+        self._answered_at_s = float("-inf")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[str] | None = None
         self._stopping: asyncio.Event | None = None
@@ -308,25 +309,34 @@ class CorrelationView:
             if facts is None or not facts.project_key:
                 continue
             query = facts.query()
+            started_s = self._clock()
             try:
                 answer = await client.latest_release(query, fresh=True)
             except MemfaultUnavailable as error:
-                if await self._others_answered(client, serial):
-                    # Memfault answers another device: this failure is this device's alone.
-                    answer = _device_failure(error)
+                if not await self._others_answered(client, serial):
+                    self._note_outage(error, serial, started_s)
+                    continue
+                try:
+                    # Memfault answers another device now: ask once more, so that a failure that
+                    # began in an outage which just ended is not taken for this device's own.
+                    answer = await client.latest_release(query, fresh=True)
+                except MemfaultUnavailable as again:
+                    answer = _device_failure(again)
                     unanswered = client.stats.unanswered_by_reason
                     unanswered[answer.reason] = unanswered.get(answer.reason, 0) + 1
-                else:
-                    self._note_outage(error, serial)
-                    continue
             except Exception as error:  # noqa: BLE001 (one device's surprise never stops the view)
                 answer = Unanswered("client_error", f"{type(error).__name__}: {error}"[:200])
-            with self._lock:
-                if self._outage:
-                    log.info("memfault answers again")
-                self._outage = ""
-                self._answers[serial] = StandingAnswer(query, answer, self._clock())
-                self._lock.notify_all()
+            self._note_answer(query, answer)
+
+    def _note_answer(self, query: DeviceQuery, answer: ReleaseAnswer) -> None:
+        """Keep an answer; any answer ends an outage."""
+        with self._lock:
+            if self._outage:
+                log.info("memfault answers again")
+            self._outage = ""
+            self._answered_at_s = self._clock()
+            self._answers[query.device_serial] = StandingAnswer(query, answer, self._answered_at_s)
+            self._lock.notify_all()
 
     async def _others_answered(self, client: MemfaultClient, failed: str) -> bool:
         """Whether Memfault answers another device now: ask one that was answered before (a probe)."""
@@ -348,17 +358,17 @@ class CorrelationView:
             answer = await client.latest_release(probe.query(), fresh=True)
         except MemfaultUnavailable:
             return False
-        with self._lock:
-            self._answers[probe.serial] = StandingAnswer(probe.query(), answer, self._clock())
+        self._note_answer(probe.query(), answer)
         return True
 
-    def _note_outage(self, error: MemfaultUnavailable, serial: str) -> None:
-        """Memfault answers nobody: say so, and ask for this device again later."""
+    def _note_outage(self, error: MemfaultUnavailable, serial: str, started_s: float) -> None:
+        """Memfault answers nobody: say so (unless it answered since this query began), ask again later."""
         with self._lock:
-            if not self._outage:
-                log.warning("memfault unavailable", error=str(error))
-            self._outage = str(error)[:200] or "memfault unavailable"
-            self._lock.notify_all()
+            if self._answered_at_s < started_s:
+                if not self._outage:
+                    log.warning("memfault unavailable", error=str(error))
+                self._outage = str(error)[:200] or "memfault unavailable"
+                self._lock.notify_all()
         loop = asyncio.get_running_loop()
         delay_s = max(self.settings.outage_retry_s, min(error.retry_after_s, 3600.0))
         loop.call_later(delay_s, self._enqueue, [serial])

@@ -589,7 +589,8 @@ class RolloutCoordinator:
     def state_of(self, machine: RolloutMachine, now: datetime) -> RolloutState:
         """A rollout's state message, naming a Memfault outage that holds its dispatch."""
         state = machine.state(now)
-        if (reason := self._memfault_paused.get(machine.rollout_id)) and not state.paused_reason:
+        reason = self._memfault_paused.get(machine.rollout_id)
+        if reason and state.status is RolloutStatus.RUNNING and not state.paused_reason:
             return msgspec.structs.replace(state, paused_reason=reason)
         return state
 

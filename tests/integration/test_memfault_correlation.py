@@ -174,7 +174,8 @@ async def test_an_outage_pauses_dispatch_and_it_resumes_with_no_failed_device(
         paused = await latest(
             client, TopicKind.ROLLOUT_STATE, "r-out", lambda s: "memfault unavailable" in s.paused_reason
         )
-        assert paused.counts.in_flight == 0 and paused.counts.failed == 0
+        assert paused.status is RolloutStatus.RUNNING
+        assert (paused.counts.in_flight, paused.counts.succeeded, paused.counts.failed) == (0, 0, 0)
         cloud.faults.reset()
         state = await completed(client, "r-out")
     assert state.counts.succeeded == 4
