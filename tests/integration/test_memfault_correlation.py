@@ -22,8 +22,10 @@ from schemas import (
     CreateRollout,
     FlowSpec,
     OtaCommand,
+    PauseRollout,
     ReplyStatus,
     RequestId,
+    ResumeRollout,
     RolloutId,
     RolloutPlan,
     RolloutSpec,
@@ -274,3 +276,36 @@ async def test_a_release_without_sha256_installs_with_md5_verified(
     assert isinstance(command, OtaCommand)
     artifact = command.artifact
     assert (artifact.sha256, len(artifact.md5 or ""), len(artifact.sha1 or "")) == (None, 32, 40)
+
+
+async def test_a_slow_memfault_never_holds_the_scheduler_step(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """Memfault 20 s slow: operator requests are answered meanwhile, and the rollout ends when it answers."""
+    async with (
+        CloudEmulator() as cloud,
+        simulated_devices(["SLOW"]) as devices,
+        running_controller(broker, cloud.base_url, f"sqlite:///{tmp_path / 'c.sqlite3'}") as controller,
+        gateways_for(broker, devices, tmp_path, {"gw-0": ["SLOW"]}),
+        operator_client(broker) as client,
+    ):
+        publish_release(cloud, "1.1.0")
+        await wait_until(lambda: registry_has(controller, 1))
+        plan = await create(client, "r-slow", one_wave())
+        view = controller.coordinator.correlation
+        view.settings = replace(view.settings, dispatch_max_age_s=0.0)
+        cloud.faults.configure(latency_ms=20_000)
+        await start(client, "r-slow", plan)
+        # The device was due and now waits for its fresh answer (asked beside the step).
+        await latest(client, TopicKind.ROLLOUT_STATE, "r-slow", lambda s: s.counts.waiting == 1)
+        # The old dispatch awaited Memfault inside the step: this reply would have come after 20 s.
+        for request in (
+            PauseRollout(request_id=RequestId("slow-p"), rollout_id=RolloutId("r-slow")),
+            ResumeRollout(request_id=RequestId("slow-r"), rollout_id=RolloutId("r-slow")),
+        ):
+            reply = await send_request(client, TREE, request, 10)
+            assert reply is not None and reply.status is ReplyStatus.ACCEPTED, reply
+        cloud.faults.configure(latency_ms=0)
+        state = await completed(client, "r-slow")
+    assert state.counts.succeeded == 1
+    assert devices.device("SLOW").running_version == "1.1.0"
