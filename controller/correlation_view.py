@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -252,8 +253,17 @@ class CorrelationView:
                 self._wanted[fact.serial] = fact
             due = [fact.serial for fact in wanted if not current(fact)]
         self._enqueue(due)
+        # Answers arrive roughly in the order asked: checking from the front keeps each wake-up cheap.
+        asked = set(due)
+        pending = deque(fact for fact in wanted if fact.serial in asked)
+
+        def done() -> bool:
+            while pending and current(pending[0]):
+                pending.popleft()
+            return not pending
+
         with self._lock:
-            return self._lock.wait_for(lambda: all(current(fact) for fact in wanted), timeout_s)
+            return self._lock.wait_for(done, timeout_s)
 
     def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
         """Block until `predicate()` holds, checked whenever an answer or an outage is noted."""
