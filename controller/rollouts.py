@@ -142,6 +142,7 @@ class RolloutCoordinator:
         self._refusals_audited: set[tuple[str, str, str]] = set()
         self._memfault_paused: dict[str, str] = {}
         """Rollouts whose dispatch waits for Memfault, with the reason shown in their state."""
+        self._freshness_cache: tuple[float, Freshness | None] = (0.0, None)
         self._ran_hop: dict[str, str] = {}
         """Devices that just installed a must-pass-through hop, with its version (until reported)."""
 
@@ -587,12 +588,25 @@ class RolloutCoordinator:
             )
 
     def state_of(self, machine: RolloutMachine, now: datetime) -> RolloutState:
-        """A rollout's state message, naming a Memfault outage that holds its dispatch."""
+        """A rollout's state message: how fresh Memfault's answers are, and an outage holding it."""
         state = machine.state(now)
+        freshness = self._fleet_freshness(now.timestamp())
+        changes: dict[str, object] = {
+            "memfault_answered_ratio": round(freshness.answered_fraction, 4),
+            "memfault_oldest_answer_age_s": round(freshness.oldest_age_s, 1),
+        }
         reason = self._memfault_paused.get(machine.rollout_id)
         if reason and state.status is RolloutStatus.RUNNING and not state.paused_reason:
-            return msgspec.structs.replace(state, paused_reason=reason)
-        return state
+            changes["paused_reason"] = reason
+        return msgspec.structs.replace(state, **changes)
+
+    def _fleet_freshness(self, now_s: float) -> Freshness:
+        """The view's freshness over the fleet, recomputed at most every second (it walks every device)."""
+        at_s, freshness = self._freshness_cache
+        if freshness is None or abs(now_s - at_s) >= 1.0:
+            freshness = self.correlation.freshness()
+            self._freshness_cache = (now_s, freshness)
+        return freshness
 
     # --- gateways and flow ---------------------------------------------------------------------
 

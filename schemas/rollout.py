@@ -265,6 +265,10 @@ class RolloutState(msgspec.Struct, frozen=True, kw_only=True):
         msgspec.field(default_factory=list)
     )
     updated_at: datetime
+    memfault_answered_ratio: float = 1.0
+    """Fleet devices with a Memfault answer for their current version (the standing correlation)."""
+    memfault_oldest_answer_age_s: float = 0.0
+    """Age of the oldest of those answers (they are refreshed well before links expire at 6 h)."""
 
 
 class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
