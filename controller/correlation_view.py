@@ -27,7 +27,7 @@ import msgspec
 import structlog
 
 from controller.correlation import DeviceFacts
-from controller.errors import MemfaultUnavailable
+from controller.errors import MemfaultRateLimited, MemfaultUnavailable
 from controller.memfault import MemfaultClient
 from controller.releases import DeviceQuery, ReleaseAnswer, Unanswered
 from controller.store.executor import StoreExecutor
@@ -322,6 +322,12 @@ class CorrelationView:
             started_s = self._clock()
             try:
                 answer = await client.latest_release(query, fresh=True)
+            except MemfaultRateLimited as limited:
+                # The limit is this device's: it keeps its answer and is asked when the limit allows.
+                asyncio.get_running_loop().call_later(
+                    min(max(limited.retry_after_s, 0.1), 3600.0), self._enqueue, [serial]
+                )
+                continue
             except MemfaultUnavailable as error:
                 if not await self._others_answered(client, serial):
                     self._note_outage(error, serial, started_s)

@@ -1,8 +1,10 @@
 """The Memfault releases API over httpx: which release each device should run.
 
 One pooled async client; answers cached per device and version for a TTL; bounded concurrency and a
-request-rate limit; `Retry-After` honoured on 429 and 503 (the client then pauses every query until
-it passes); exponential backoff on 5xx and timeouts. An outage raises `MemfaultUnavailable`, which
+request-rate limit; `Retry-After` honoured for its scope: a 503 pauses every query until it passes,
+a 429 (Memfault limits latest-release calls per device) only that device's, which then raises
+`MemfaultRateLimited` at once rather than holding a request slot while it waits; exponential
+backoff on 5xx and timeouts. An outage raises `MemfaultUnavailable`, which
 makes the scheduler pause dispatch: it never fails a device. An answer that is wrong for one device
 only (404, garbage, a truncated or oversized body, or a 5xx that persists while other devices are
 answered; the correlation view tells the two apart by asking another device) is the value
@@ -20,7 +22,7 @@ from typing import Final
 import httpx
 import msgspec
 
-from controller.errors import MemfaultUnavailable
+from controller.errors import MemfaultRateLimited, MemfaultUnavailable
 from controller.metrics import memfault_latency_histogram
 from controller.releases import (
     ArtifactRef,
@@ -108,6 +110,7 @@ class MemfaultClient:
         self._tokens = settings.requests_per_s
         self._tokens_at = clock()
         self._paused_until = 0.0
+        self._device_paused_until: dict[str, float] = {}
 
     async def aclose(self) -> None:
         """Close the underlying HTTP client."""
@@ -150,9 +153,20 @@ class MemfaultClient:
         for key in [k for k in self._cache if k[0] == device_serial]:
             del self._cache[key]
 
+    def _device_wait_s(self, serial: str) -> float:
+        until = self._device_paused_until.get(serial)
+        if until is None:
+            return 0.0
+        wait = until - self._clock()
+        if wait <= 0:
+            del self._device_paused_until[serial]
+        return max(0.0, wait)
+
     async def _query(self, query: DeviceQuery) -> ReleaseAnswer:
         delay = self.settings.backoff_initial_s
         for attempt in range(self.settings.max_retries + 1):
+            if (device_wait := self._device_wait_s(query.device_serial)) > 0:
+                raise MemfaultRateLimited(device_wait, f"Memfault limits {query.device_serial}'s queries")
             if (wait := self.paused_for_s()) > 0:
                 if attempt == self.settings.max_retries:
                     raise MemfaultUnavailable(wait, "Memfault asked us to wait")
@@ -170,6 +184,8 @@ class MemfaultClient:
                     if answer is not None:
                         return answer
                     failure = f"HTTP {response.status_code}"
+            if (device_wait := self._device_wait_s(query.device_serial)) > 0:
+                raise MemfaultRateLimited(device_wait, f"Memfault limits {query.device_serial}'s queries")
             if attempt < self.settings.max_retries:
                 self.stats.retries += 1
                 await self._sleep(max(delay, self.paused_for_s()))
@@ -204,7 +220,11 @@ class MemfaultClient:
             return DeviceRefused(status, _error_message(response))
         if status in (httpx.codes.TOO_MANY_REQUESTS, httpx.codes.SERVICE_UNAVAILABLE):
             retry_after = _retry_after_s(response.headers.get("retry-after"), time.time())
-            self._paused_until = max(self._paused_until, self._clock() + retry_after)
+            if status == httpx.codes.TOO_MANY_REQUESTS:
+                serial = response.request.url.params.get("device_serial", "")
+                self._device_paused_until[serial] = self._clock() + retry_after
+            else:
+                self._paused_until = max(self._paused_until, self._clock() + retry_after)
             return None
         if status >= httpx.codes.INTERNAL_SERVER_ERROR:
             return None

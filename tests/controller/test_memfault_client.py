@@ -6,7 +6,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from controller.errors import MemfaultUnavailable
+from controller.errors import MemfaultRateLimited, MemfaultUnavailable
 from controller.memfault import MemfaultClient, MemfaultSettings
 from controller.releases import DeviceQuery, DeviceRefused, ReleaseOffer, Unanswered, UpToDate
 
@@ -200,3 +200,24 @@ async def test_rate_limit_spaces_requests() -> None:
     for index in range(6):
         await client.latest_release(DeviceQuery(f"S{index}", "hw", "app", "1.0.0", "k"))
     assert sum(time.slept) >= 1.9
+
+
+async def test_a_429_holds_back_only_its_device() -> None:
+    """A 429 (a per-device limit) makes that device wait its Retry-After; others are asked at once."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params["device_serial"] == "LIMITED":
+            return httpx.Response(429, headers={"Retry-After": "30"})
+        return httpx.Response(204)
+
+    time = FakeTime()
+    client = _client(handler, time)
+    limited = DeviceQuery("LIMITED", "nrf54l15dk", "app", "1.0.0", "key-1")
+    with pytest.raises(MemfaultRateLimited) as caught:
+        await client.latest_release(limited)
+    assert 29 <= caught.value.retry_after_s <= 30
+    assert isinstance(await client.latest_release(QUERY), UpToDate)
+    assert time.slept == []
+    with pytest.raises(MemfaultRateLimited):
+        await client.latest_release(limited)
+    assert client.stats.requests_by_status.get("429") == 1
