@@ -1,6 +1,7 @@
 """Fetches firmware artifacts safely into a content-addressed on-disk cache.
 
-Nothing reaches a device before its size and sha256 are verified. Only allow-listed hosts are
+Nothing reaches a device before its size and digest are verified: sha256 when the command carries
+one, otherwise md5 (and sha1 when given), as Memfault supplies them. Only allow-listed hosts are
 fetched, over HTTPS unless configured otherwise, and never from private, loopback or link-local
 addresses unless configured (as the simulator setup does, or a site mirror in a listed network).
 
@@ -359,38 +360,53 @@ class ArtifactFetcher:
         self,
         url: str,
         size_bytes: int,
-        sha256_hex: str,
+        sha256_hex: str | None,
         on_progress: Callable[[int, int], None] | None = None,
+        *,
+        md5_hex: str | None = None,
+        sha1_hex: str | None = None,
     ) -> Path:
         """Return the path of the verified artifact, downloading it unless cached.
 
+        Every digest given is checked; at least sha256 or md5 must be given.
+
         Raises:
-            ArtifactRefused: policy, size or hash violation (reason code attached).
+            ArtifactRefused: policy, size or hash violation, or no digest (reason code attached).
         """
+        expected = ExpectedDigests(sha256_hex or None, md5_hex or None, sha1_hex or None)
+        if expected.sha256 is None and expected.md5 is None:
+            raise ArtifactRefused(ReasonCode.HASH_MISMATCH, "the command carries neither sha256 nor md5")
         if size_bytes > self.policy.max_artifact_bytes:
             raise ArtifactRefused(
                 ReasonCode.ARTIFACT_TOO_LARGE, f"{size_bytes} bytes exceeds {self.policy.max_artifact_bytes}"
             )
+        key = expected.cache_key
         # Two jobs for one release on one gateway share a download instead of racing on one file.
         # One lock per digest ever fetched: a handful per release, never worth evicting.
-        async with self._downloads.setdefault(sha256_hex, asyncio.Lock()):
-            return await self._fetch_locked(url, size_bytes, sha256_hex, on_progress)
+        async with self._downloads.setdefault(key, asyncio.Lock()):
+            return await self._fetch_locked(url, size_bytes, expected, on_progress)
 
     async def _fetch_locked(
-        self, url: str, size_bytes: int, sha256_hex: str, on_progress: Callable[[int, int], None] | None
+        self,
+        url: str,
+        size_bytes: int,
+        expected: "ExpectedDigests",
+        on_progress: Callable[[int, int], None] | None,
     ) -> Path:
-        if cached := self.cache.lookup(sha256_hex, size_bytes):
+        key = expected.cache_key
+        if cached := self.cache.lookup(key, size_bytes):
             self.cache.stats.hits += 1
             return cached
         self.cache.stats.misses += 1
-        self.cache.make_room(size_bytes, keep=sha256_hex)
-        partial = self.cache.partial_path(sha256_hex)
+        self.cache.make_room(size_bytes, keep=key)
+        partial = self.cache.partial_path(key)
         await self._download(url, size_bytes, partial, on_progress)
-        digest = await asyncio.to_thread(_sha256_of, partial)
-        if digest != sha256_hex:
+        actual = await asyncio.to_thread(_digests_of, partial)
+        mismatch = expected.mismatch(actual)
+        if mismatch:
             partial.unlink(missing_ok=True)
-            raise ArtifactRefused(ReasonCode.HASH_MISMATCH, f"artifact sha256 {digest} != {sha256_hex}")
-        final = self.cache.path_for(sha256_hex)
+            raise ArtifactRefused(ReasonCode.HASH_MISMATCH, mismatch)
+        final = self.cache.path_for(key)
         partial.replace(final)
         return final
 
@@ -502,9 +518,39 @@ def _resume_offset(partial: Path, size_bytes: int) -> int:
     return have
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+@dataclass(frozen=True, slots=True)
+class ExpectedDigests:
+    """The digests a command gives for its artifact (lowercase hex; None when not given)."""
+
+    sha256: str | None
+    md5: str | None = None
+    sha1: str | None = None
+
+    @property
+    def cache_key(self) -> str:
+        """The cache file name: the sha256, else the md5 (prefixed so the two never collide)."""
+        return self.sha256 if self.sha256 is not None else f"md5-{self.md5}"
+
+    def mismatch(self, actual: "ExpectedDigests") -> str:
+        """Why `actual` does not match every given digest ("" when it does)."""
+        for name, want, have in (
+            ("sha256", self.sha256, actual.sha256),
+            ("md5", self.md5, actual.md5),
+            ("sha1", self.sha1, actual.sha1),
+        ):
+            if want is not None and want.lower() != have:
+                return f"artifact {name} {have} != {want}"
+        return ""
+
+
+def _digests_of(path: Path) -> ExpectedDigests:
+    # md5 and sha1 verify what Memfault supplies when it gives no sha256; not a security choice of ours.
+    sha256 = hashlib.sha256()
+    md5 = hashlib.md5(usedforsecurity=False)
+    sha1 = hashlib.sha1(usedforsecurity=False)
     with path.open("rb") as source:
         for block in iter(lambda: source.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+            sha256.update(block)
+            md5.update(block)
+            sha1.update(block)
+    return ExpectedDigests(sha256.hexdigest(), md5.hexdigest(), sha1.hexdigest())

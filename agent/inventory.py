@@ -129,8 +129,13 @@ class KnownDevice:
     rssi_dbm: int | None = None
     reachability: Reachability = Reachability.PRESENT
 
-    def report(self, sequencer: ReportSequencer) -> DeviceReport:
-        """The retained report for this device (the project key only as a fingerprint)."""
+    def report(
+        self, sequencer: ReportSequencer, delta_capable_hardware: tuple[str, ...] = ()
+    ) -> DeviceReport:
+        """The retained report for this device (the project key only as a fingerprint).
+
+        It declares `accepts_delta` when the device's hardware is in `delta_capable_hardware`.
+        """
         snap = self.snapshot
         info = snap.info
         return DeviceReport(
@@ -141,6 +146,7 @@ class KnownDevice:
             hardware_version=info.hardware_version[:256] if info else "",
             software_type=info.software_type[:256] if info else "",
             current_version=info.current_version[:256] if info else "",
+            accepts_delta=info is not None and info.hardware_version in delta_capable_hardware,
             memfault=snap.access,
             memfault_error=snap.error,
             project_key_fingerprint=fingerprint(snap.project_key) if snap.project_key else "",

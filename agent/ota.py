@@ -180,6 +180,8 @@ class OtaJob:
             command.artifact.size_bytes,
             command.artifact.sha256,
             lambda done, total: self._progress(JobPhase.DOWNLOADING, done, total),
+            md5_hex=command.artifact.md5,
+            sha1_hex=command.artifact.sha1,
         )
         image = await asyncio.to_thread(path.read_bytes)
         facts = inspect_image(image)

@@ -332,7 +332,7 @@ class AgentService:
             self._publish_device(device)
 
     def _publish_device(self, device: KnownDevice) -> None:
-        report = device.report(self.sequencer)
+        report = device.report(self.sequencer, self.settings.delta_capable_hardware)
         topic = self.tree.topic(
             TopicKind.DEVICE_REPORT, gateway_id=self.gateway_id, device_serial=report.device_serial
         )

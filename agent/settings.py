@@ -204,6 +204,9 @@ class AgentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ble: BleConfig = BleConfig()
     jobs: JobsConfig = JobsConfig()
     downloads: DownloadConfig = DownloadConfig()
+    delta_capable_hardware: tuple[str, ...] = ()
+    """Hardware versions whose bootloader applies Memfault delta payloads (SMP cannot tell): their
+    reports declare `accepts_delta`, so the controller may send them a patch instead of an image."""
 
     @property
     def state_path(self) -> Path:

@@ -3,7 +3,7 @@
 ControllerError
  +-- MemfaultError              the Memfault cloud could not give an answer
  |    +-- MemfaultUnavailable   outage, rate limit or timeout; carries when to ask again
- |         +-- MemfaultBadResponse   it answered, but not in the documented shape
+ |         +-- MemfaultRateLimited   429: this one device may not ask again yet
  +-- StoreError                 the state database refused or lost a write
  |    +-- StaleLease            another controller holds the leadership lease
  +-- RolloutError               an operator request that the rollout state forbids
@@ -29,8 +29,11 @@ class MemfaultUnavailable(MemfaultError):
         self.retry_after_s = retry_after_s
 
 
-class MemfaultBadResponse(MemfaultUnavailable):
-    """Memfault answered with a status or body outside the documented API."""
+class MemfaultRateLimited(MemfaultUnavailable):
+    """Memfault limits this one device's queries (429): ask it again after `retry_after_s`.
+
+    The limit's scope is the device; other devices are not held back.
+    """
 
 
 class StoreError(ControllerError):

@@ -66,7 +66,9 @@ async def build_controller(
             yield ControllerService(
                 settings,
                 store=opened,
-                memfault=MemfaultClient(memfault_settings(settings.memfault), http, clock=clock),
+                memfault=MemfaultClient(
+                    memfault_settings(settings.memfault), http, clock=clock, transport=memfault_transport
+                ),
                 registry=registry if registry is not None else CollectorRegistry(),
                 notifier=notifier,
                 wall_clock=wall_clock,

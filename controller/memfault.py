@@ -1,10 +1,15 @@
 """The Memfault releases API over httpx: which release each device should run.
 
 One pooled async client; answers cached per device and version for a TTL; bounded concurrency and a
-request-rate limit; `Retry-After` honoured on 429 and 503 (the client then pauses every query until
-it passes); exponential backoff on 5xx and timeouts. An outage raises `MemfaultUnavailable`, which
-makes the scheduler pause dispatch: it never fails a device. Artifact URLs expire (six hours), so a
-dispatch asks with `fresh=True` right before it sends the command.
+request-rate limit; `Retry-After` honoured for its scope: a 503 pauses every query until it passes,
+a 429 (Memfault limits latest-release calls per device) only that device's, which then raises
+`MemfaultRateLimited` at once rather than holding a request slot while it waits; exponential
+backoff on 5xx and timeouts. An outage raises `MemfaultUnavailable`, which
+makes the scheduler pause dispatch: it never fails a device. An answer that is wrong for one device
+only (404, garbage, a truncated or oversized body, or a 5xx that persists while other devices are
+answered; the correlation view tells the two apart by asking another device) is the value
+`Unanswered`: that device is excluded, nothing else stops. Artifact URLs
+expire (six hours), so a dispatch asks with `fresh=True` right before it sends the command.
 """
 
 import asyncio
@@ -17,9 +22,17 @@ from typing import Final
 import httpx
 import msgspec
 
-from controller.errors import MemfaultBadResponse, MemfaultUnavailable
+from controller.errors import MemfaultRateLimited, MemfaultUnavailable
 from controller.metrics import memfault_latency_histogram
-from controller.releases import ArtifactRef, DeviceQuery, DeviceRefused, ReleaseAnswer, ReleaseOffer, UpToDate
+from controller.releases import (
+    ArtifactRef,
+    DeviceQuery,
+    DeviceRefused,
+    ReleaseAnswer,
+    ReleaseOffer,
+    Unanswered,
+    UpToDate,
+)
 
 LATEST_PATH: Final = "/api/v0/releases/latest"
 MAX_BODY_BYTES: Final = 1024 * 1024
@@ -28,9 +41,12 @@ MAX_BODY_BYTES: Final = 1024 * 1024
 class _Artifact(msgspec.Struct, frozen=True):
     url: str
     file_size: int
-    sha256: str
+    sha256: str = ""
+    md5: str = ""
+    sha1: str = ""
     hardware_version: str = ""
     filename: str = ""
+    type: str = ""
 
 
 class _Release(msgspec.Struct, frozen=True):
@@ -52,6 +68,8 @@ class MemfaultStats:
     cache_hits: int = 0
     cache_misses: int = 0
     retries: int = 0
+    unanswered_by_reason: dict[str, int] = field(default_factory=dict)
+    """Devices Memfault gave no usable answer, by `Unanswered.reason`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +96,15 @@ class MemfaultClient:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        """Use `client` (pooled; its transport is injectable) with the given limits and clock."""
+        """Use `client` (pooled; its transport is injectable) with the given limits and clock.
+
+        `transport`, when given, is the one `client` was built on: clients made for other event
+        loops (the correlation view's) are built on it too, so a test's transport sees every query.
+        """
         self.settings = settings
+        self.transport = transport
         self.stats = MemfaultStats()
         self.latency = memfault_latency_histogram()
         """Request latencies, observed as they happen (fixed buckets); the service registers it."""
@@ -92,6 +116,11 @@ class MemfaultClient:
         self._tokens = settings.requests_per_s
         self._tokens_at = clock()
         self._paused_until = 0.0
+        self._device_paused_until: dict[str, float] = {}
+
+    async def aclose(self) -> None:
+        """Close the underlying HTTP client."""
+        await self._client.aclose()
 
     def paused_for_s(self) -> float:
         """Seconds until Memfault asked us to come back (0 when queries may go out)."""
@@ -118,6 +147,10 @@ class MemfaultClient:
             return cached[1]
         self.stats.cache_misses += 1
         answer = await self._query(query)
+        if isinstance(answer, Unanswered):
+            self.stats.unanswered_by_reason[answer.reason] = (
+                self.stats.unanswered_by_reason.get(answer.reason, 0) + 1
+            )
         self._cache[key] = (self._clock(), answer)
         return answer
 
@@ -126,9 +159,20 @@ class MemfaultClient:
         for key in [k for k in self._cache if k[0] == device_serial]:
             del self._cache[key]
 
+    def _device_wait_s(self, serial: str) -> float:
+        until = self._device_paused_until.get(serial)
+        if until is None:
+            return 0.0
+        wait = until - self._clock()
+        if wait <= 0:
+            del self._device_paused_until[serial]
+        return max(0.0, wait)
+
     async def _query(self, query: DeviceQuery) -> ReleaseAnswer:
         delay = self.settings.backoff_initial_s
         for attempt in range(self.settings.max_retries + 1):
+            if (device_wait := self._device_wait_s(query.device_serial)) > 0:
+                raise MemfaultRateLimited(device_wait, f"Memfault limits {query.device_serial}'s queries")
             if (wait := self.paused_for_s()) > 0:
                 if attempt == self.settings.max_retries:
                     raise MemfaultUnavailable(wait, "Memfault asked us to wait")
@@ -146,6 +190,8 @@ class MemfaultClient:
                     if answer is not None:
                         return answer
                     failure = f"HTTP {response.status_code}"
+            if (device_wait := self._device_wait_s(query.device_serial)) > 0:
+                raise MemfaultRateLimited(device_wait, f"Memfault limits {query.device_serial}'s queries")
             if attempt < self.settings.max_retries:
                 self.stats.retries += 1
                 await self._sleep(max(delay, self.paused_for_s()))
@@ -180,45 +226,43 @@ class MemfaultClient:
             return DeviceRefused(status, _error_message(response))
         if status in (httpx.codes.TOO_MANY_REQUESTS, httpx.codes.SERVICE_UNAVAILABLE):
             retry_after = _retry_after_s(response.headers.get("retry-after"), time.time())
-            self._paused_until = max(self._paused_until, self._clock() + retry_after)
+            if status == httpx.codes.TOO_MANY_REQUESTS:
+                serial = response.request.url.params.get("device_serial", "")
+                self._device_paused_until[serial] = self._clock() + retry_after
+            else:
+                self._paused_until = max(self._paused_until, self._clock() + retry_after)
             return None
         if status >= httpx.codes.INTERNAL_SERVER_ERROR:
             return None
-        raise MemfaultBadResponse(self.settings.backoff_initial_s, f"unexpected HTTP {status}")
+        return Unanswered(f"http_{status}", _error_message(response))
 
     def _offer(self, response: httpx.Response) -> ReleaseAnswer:
         content = response.content
         if len(content) > MAX_BODY_BYTES:
-            raise MemfaultBadResponse(
-                self.settings.backoff_initial_s, f"release body of {len(content)} bytes"
-            )
+            return Unanswered("too_large", f"release body of {len(content)} bytes")
         try:
             release = _RELEASE_DECODER.decode(content)
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as error:
             # (msgspec raises UnicodeDecodeError for a string that is not UTF-8)
             self._count("malformed")
-            raise MemfaultBadResponse(
-                self.settings.backoff_initial_s, f"malformed release: {error}"
-            ) from None
+            return Unanswered("malformed", str(error)[:200])
         hardware = response.request.url.params.get("hardware_version", "")
         matching = [a for a in release.artifacts if a.hardware_version in ("", hardware)]
         if not matching:
             return DeviceRefused(
                 response.status_code, f"release {release.version} has no artifact for {hardware}"
             )
-        artifact = matching[0]
+        # A delta release lists its patch first; the release's whole image may follow (type firmware).
+        first = matching[0]
+        delta = release.is_delta or first.type == "delta"
+        full = next((a for a in matching[1:] if a.type != "delta"), None) if delta else None
         return ReleaseOffer(
             release_id=release.id,
             version=release.version,
             is_delta=release.is_delta,
             must_pass_through=release.must_pass_through,
-            artifact=ArtifactRef(
-                url=artifact.url,
-                size_bytes=artifact.file_size,
-                sha256=artifact.sha256.lower(),
-                hardware_version=artifact.hardware_version,
-                filename=artifact.filename,
-            ),
+            artifact=_artifact_ref(first, is_delta=delta),
+            full_artifact=_artifact_ref(full, is_delta=False) if full is not None else None,
         )
 
     async def _take_token(self) -> None:
@@ -234,6 +278,27 @@ class MemfaultClient:
 
     def _count(self, status: str) -> None:
         self.stats.requests_by_status[status] = self.stats.requests_by_status.get(status, 0) + 1
+
+
+def _artifact_ref(artifact: _Artifact, *, is_delta: bool) -> ArtifactRef:
+    return ArtifactRef(
+        url=artifact.url,
+        size_bytes=artifact.file_size,
+        sha256=_hex_or_empty(artifact.sha256, 64),
+        hardware_version=artifact.hardware_version,
+        filename=artifact.filename,
+        md5=_hex_or_empty(artifact.md5, 32),
+        sha1=_hex_or_empty(artifact.sha1, 40),
+        is_delta=is_delta,
+    )
+
+
+def _hex_or_empty(digest: str, length: int) -> str:
+    """The digest in lowercase when it is `length` hex digits; "" otherwise (it cannot be verified)."""
+    digest = digest.strip().lower()
+    if len(digest) == length and all(c in "0123456789abcdef" for c in digest):
+        return digest
+    return ""
 
 
 def _retry_after_s(header: str | None, now_unix_s: float) -> float:

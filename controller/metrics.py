@@ -82,6 +82,13 @@ class ControllerReadings:
     memfault_requests_by_status: Mapping[str, int] = field(default_factory=dict)
     memfault_cache_hits: int = 0
     memfault_cache_misses: int = 0
+    memfault_unanswered_by_reason: Mapping[str, int] = field(default_factory=dict)
+    """Reason (`http_404`, `http_500`, `malformed`...) -> devices Memfault gave no usable answer."""
+    memfault_outage: bool = False
+    memfault_answered_fraction: float = 1.0
+    """Devices with a Memfault answer for their current facts, over devices seen."""
+    memfault_oldest_answer_age_s: float = 0.0
+    memfault_excluded_at_dispatch: int = 0
     rollouts_by_status: Mapping[RolloutStatus, int] = field(default_factory=dict)
     jobs: Mapping[tuple[str, str], int] = field(default_factory=dict)
     """(outcome, reason) -> jobs finished."""
@@ -183,6 +190,34 @@ def _memfault(readings: ControllerReadings) -> Iterator[Family]:
         "mcufleet_controller_memfault_cache_misses",
         "Release cache misses",
         value=readings.memfault_cache_misses,
+    )
+    unanswered = CounterMetricFamily(
+        "mcufleet_controller_memfault_unanswered",
+        "Devices Memfault gave no usable answer (they are excluded), by reason",
+        labels=["reason"],
+    )
+    for reason, count in sorted(readings.memfault_unanswered_by_reason.items()):
+        unanswered.add_metric([reason], count)
+    yield unanswered
+    yield CounterMetricFamily(
+        "mcufleet_controller_memfault_excluded_at_dispatch",
+        "Devices left out at dispatch: Memfault gave nothing usable for the target",
+        value=readings.memfault_excluded_at_dispatch,
+    )
+    yield GaugeMetricFamily(
+        "mcufleet_controller_memfault_outage",
+        "1 while Memfault is unavailable (dispatch waits)",
+        value=int(readings.memfault_outage),
+    )
+    yield GaugeMetricFamily(
+        "mcufleet_controller_memfault_answered_ratio",
+        "Devices with a Memfault answer for their current version, over devices seen",
+        value=readings.memfault_answered_fraction,
+    )
+    yield GaugeMetricFamily(
+        "mcufleet_controller_memfault_oldest_answer_age_seconds",
+        "Age of the oldest standing Memfault answer",
+        value=readings.memfault_oldest_answer_age_s,
     )
 
 

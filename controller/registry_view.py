@@ -2,18 +2,19 @@
 
 Routing needs every device's links at tick time; reading them from the store every second would
 make the tick cost grow with the fleet, so links are cached and refreshed at `refresh_s`. Candidates
-for a plan come with what Memfault offers each device, asked with the device's own project key.
+for a plan come with what the standing correlation view (`correlation_view`) holds for each
+device, decided by the pure correlation core (`correlation`); nothing here waits on Memfault.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from controller.errors import MemfaultUnavailable
-from controller.memfault import MemfaultClient
-from controller.releases import DeviceQuery, DeviceRefused, ReleaseOffer, UpToDate
+from controller.correlation import Excluded, Exclusion, Install, correlate
+from controller.correlation_view import CorrelationView, Freshness, read_facts
 from controller.rollout_engine.model import Candidate, GatewayLink
+from controller.rollout_engine.versions import version_key
 from controller.store.executor import StoreExecutor
 from controller.store.fleet_store import FleetStore, GatewayRecord
 
@@ -31,10 +32,10 @@ class FleetGauges:
 class RegistryView:
     """Cached registry facts for the scheduler."""
 
-    def __init__(self, store: FleetStore, executor: StoreExecutor, memfault: MemfaultClient) -> None:
+    def __init__(self, store: FleetStore, executor: StoreExecutor, correlation: CorrelationView) -> None:
         self._store = store
         self._executor = executor
-        self._memfault = memfault
+        self._correlation = correlation
         self._links: dict[str, tuple[GatewayLink, ...]] = {}
         self.gateways: dict[str, GatewayRecord] = {}
         self.gauges = FleetGauges()
@@ -77,64 +78,88 @@ class RegistryView:
         self.gauges.devices_by_version = versions
         self.gauges.devices = sum(versions.values())
 
-    async def candidates(self, software_type: str, concurrency: int = 16) -> list[Candidate]:
-        """Every device of `software_type` with Memfault's offer for it.
+    async def candidates(self, software_type: str, target_version: str) -> tuple[list[Candidate], Freshness]:
+        """Every device of `software_type`, with what it would get towards `target_version`.
 
-        Raises:
-            MemfaultUnavailable: Memfault is down; planning waits for it.
+        The devices are handed to the correlation view, and this waits (beside the scheduler, at
+        most `plan_wait_s`) for their answers; a device still unanswered is excluded with why.
         """
         await self.refresh_gateways()
         await self.refresh_links(float("inf"), 0.0)
-        devices = await self._executor.call(self._store.devices_of_type, software_type)
-        keys = await self._executor.call(self._store.project_keys)
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(serial: str, hardware: str, current: str) -> Candidate:
-            key = keys.get(serial, "")
-            offered, refusal = None, "no project key known"
-            if key:
-                async with gate:
-                    answer = await self._memfault.latest_release(
-                        DeviceQuery(serial, hardware, software_type, current, key)
-                    )
-                match answer:
-                    case ReleaseOffer():
-                        offered, refusal = answer.version, ""
-                        self.artifact_sizes[answer.version] = answer.artifact.size_bytes
-                    case UpToDate():
-                        refusal = f"up to date ({answer.reason})"
-                    case DeviceRefused():
-                        refusal = f"memfault refused: HTTP {answer.status} {answer.reason}"
-            return Candidate(serial, hardware, software_type, current, self.links(serial), offered, refusal)
-
-        return list(await asyncio.gather(*(one(*device) for device in devices)))
-
-    async def resolve(self, serial: str) -> Resolution:
-        """A fresh offer for one device right before dispatch (artifact URLs expire)."""
-        facts = await self._executor.call(self._store.device_facts, serial)
-        key = await self._executor.call(self._store.project_key, serial)
-        if facts is None or key is None:
-            return Resolution(None, "device or project key unknown", transient=False)
-        hardware, software_type, current = facts
-        try:
-            answer = await self._memfault.latest_release(
-                DeviceQuery(serial, hardware, software_type, current, key), fresh=True
+        facts = await self._executor.call(read_facts, self._store, software_type)
+        view = self._correlation
+        settings = view.settings
+        await asyncio.to_thread(view.ensure, facts, settings.plan_max_age_s, settings.plan_wait_s)
+        candidates: list[Candidate] = []
+        for fact in facts:
+            standing = view.answer(fact.serial)
+            result = correlate(
+                fact,
+                standing.answer if standing else None,
+                standing.asked if standing else None,
+                target_version,
             )
-        except MemfaultUnavailable as error:
-            return Resolution(None, f"memfault unavailable: {error}", transient=True)
-        if isinstance(answer, ReleaseOffer):
-            return Resolution(answer, "", transient=False, current_version=current)
-        return Resolution(
-            None, f"memfault no longer offers an update: {answer}", transient=False, current_version=current
-        )
+            offered, refusal = None, ""
+            match result:
+                case Install():
+                    offered = target_version
+                    if not result.hop:
+                        self.artifact_sizes[result.version] = result.artifact.size_bytes
+                case Excluded():
+                    refusal = result.detail
+                    if result.reason is Exclusion.NOT_ASKED_YET and view.outage():
+                        refusal = f"memfault unavailable: {view.outage()}"
+            candidates.append(
+                Candidate(
+                    fact.serial,
+                    fact.hardware_version,
+                    software_type,
+                    fact.current_version,
+                    self.links(fact.serial),
+                    offered,
+                    refusal,
+                )
+            )
+        return candidates, view.freshness(facts)
+
+    async def resolve(self, serial: str, target_version: str, ran_hop: str = "") -> Resolution:
+        """What a dispatch of `serial` sends, from the view's answer if it is fresh (never waits).
+
+        A stale or missing answer is asked again in the background and the device waits a moment;
+        an outage holds the device until Memfault answers again. `ran_hop` is the version a hop
+        just installed, when the device's report has not caught up yet.
+        """
+        view = self._correlation
+        found = await self._executor.call(read_facts, self._store, None, serial)
+        if not found:
+            return Resolution(None, "device unknown")
+        fact = found[0]
+        if ran_hop and version_key(fact.current_version) < version_key(ran_hop):
+            fact = replace(fact, current_version=ran_hop)
+        if outage := view.outage():
+            return Resolution(
+                None, f"dispatch paused: memfault unavailable ({outage})", hold_s=5.0, paused=True
+            )
+        standing = view.usable_for_dispatch(fact, view.settings.dispatch_max_age_s)
+        if standing is None:
+            view.refresh(fact)
+            return Resolution(
+                None, "waiting for a fresh memfault answer", hold_s=1.0, current_version=fact.current_version
+            )
+        result = correlate(fact, standing.answer, standing.asked, target_version)
+        if isinstance(result, Install):
+            return Resolution(result, "", current_version=fact.current_version)
+        return Resolution(None, result.detail, current_version=fact.current_version)
 
 
 @dataclass(frozen=True, slots=True)
 class Resolution:
-    """What dispatching a device needs from Memfault, or why it cannot have it now."""
+    """What dispatching a device sends, or why it sends nothing (now, or in this rollout)."""
 
-    offer: ReleaseOffer | None
+    install: Install | None
     reason: str
-    transient: bool
-    """True when Memfault is unavailable: the device waits, no attempt is consumed."""
+    hold_s: float = 0.0
+    """Above 0: nothing is decided yet, the device waits this long (no attempt consumed)."""
+    paused: bool = False
+    """The hold is a Memfault outage (the rollout's dispatch is paused)."""
     current_version: str = ""

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+import msgspec
 import structlog
 
+from controller.correlation_view import CorrelationSettings, CorrelationView, Freshness, store_scan
 from controller.errors import MemfaultUnavailable, RolloutError
 from controller.gateway_trust import RefusalReason, RefusedKind, job_event_refusal
 from controller.memfault import MemfaultClient
@@ -31,6 +33,7 @@ from controller.rollout_engine.effects import Audit, Cancel, Dispatch, Effect, G
 from controller.rollout_engine.machine import RolloutMachine
 from controller.rollout_engine.model import Candidate, FlowView
 from controller.rollout_engine.planner import plan_rollout
+from controller.rollout_engine.versions import version_key
 from controller.settings import SchedulerConfig
 from controller.store.executor import StoreExecutor
 from controller.store.fleet_store import FleetStore, GatewayRecord, InboxItem, PendingCommand, RolloutRecord
@@ -59,6 +62,7 @@ from schemas import (
     RetryFailed,
     RolloutId,
     RolloutPlan,
+    RolloutState,
     RolloutStatus,
     StartRollout,
     TopicError,
@@ -83,6 +87,8 @@ class CoordinatorStats:
     gate_decisions: dict[str, int] = field(default_factory=dict)
     operator_requests: dict[tuple[str, str], int] = field(default_factory=dict)
     dispatched: int = 0
+    memfault_excluded: int = 0
+    """Devices left out at dispatch because Memfault gave nothing usable for the target."""
     refused: dict[tuple[str, str], int] = field(default_factory=dict)
     """Job events refused by (kind, reason), see `gateway_trust.REFUSAL_LABELS`."""
     reply_topics_refused: int = 0
@@ -126,6 +132,7 @@ class RolloutCoordinator:
         settings: SchedulerConfig,
         operator_keys: OperatorKeys,
         publish: Callable[[Outbound], object],
+        correlation: CorrelationSettings | None = None,
     ) -> None:
         self._store = store
         self._executor = executor
@@ -134,7 +141,9 @@ class RolloutCoordinator:
         self._settings = settings
         self._keys = operator_keys
         self._publish = publish
-        self.registry = RegistryView(store, executor, memfault)
+        self.correlation = CorrelationView(memfault, correlation, scan=store_scan(store, executor))
+        """Standing Memfault answers per device, kept on a thread and loop of their own."""
+        self.registry = RegistryView(store, executor, self.correlation)
         self.machines: dict[str, RolloutMachine] = {}
         self.stats = CoordinatorStats()
         self.dispatch_latency = dispatch_latency_histogram()
@@ -144,8 +153,14 @@ class RolloutCoordinator:
         self._decoded: dict[int, object] = {}
         self._plan_pages: dict[str, int] = {}
         """Pages last published per rollout's plan (extra ones of an earlier plan are cleared)."""
+        self._freshness: dict[str, Freshness] = {}
         self._lease_epoch = 0
         self._refusals_audited: set[tuple[str, str, str]] = set()
+        self._memfault_paused: dict[str, str] = {}
+        """Rollouts whose dispatch waits for Memfault, with the reason shown in their state."""
+        self._freshness_cache: tuple[float, Freshness | None] = (0.0, None)
+        self._ran_hop: dict[str, str] = {}
+        """Devices that just installed a must-pass-through hop, with its version (until reported)."""
 
     # --- views for metrics -------------------------------------------------------------------
 
@@ -167,8 +182,13 @@ class RolloutCoordinator:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Stop the correlation view's thread."""
+        self.correlation.close()
+
     async def load(self) -> None:
         """(Re)load every rollout from the store: called when this replica becomes the leader."""
+        self.correlation.start()
         records = await self._executor.call(self._store.load_rollouts)
         # Messages remembered in an earlier term may have been handled by another leader since.
         self._decoded.clear()
@@ -201,6 +221,7 @@ class RolloutCoordinator:
         previous = await self.registry.refresh_gateways()
         await self.registry.refresh_links(now_s, 10.0)
         self._gateway_changes(previous, now, step)
+        self._resume_dispatch(now, step)
         flow = self._flow()
         for machine in self.machines.values():
             effects = machine.tick(now, flow)
@@ -222,7 +243,12 @@ class RolloutCoordinator:
             if self._refused(RefusedKind.JOB_RESULT, item.sender, message, now, step):
                 return
             machine = self._machine_of(message.rollout_id, message.job_id)
-            if machine is not None:
+            if machine is not None and self._is_hop(machine, message):
+                # A must-pass-through hop is done: the device goes again for the next one.
+                self._ran_hop[message.device_serial] = message.running_version
+                effects = machine.on_hop_done(message.job_id, now, message.running_version)
+                await self._carry_out(machine, effects, now, step)
+            elif machine is not None:
                 effects = machine.on_result(
                     message.job_id, message.outcome, message.reason, message.retryable, now
                 )
@@ -248,6 +274,16 @@ class RolloutCoordinator:
             return named
         # An old agent (no rollout id), or a stale job of the named rollout: whoever owns the job id.
         return next((m for m in self.machines.values() if m.job_gateway(job_id) is not None), named)
+
+    @staticmethod
+    def _is_hop(machine: RolloutMachine, result: JobResult) -> bool:
+        """A success that leaves the device below the target: a must-pass-through hop."""
+        return (
+            result.outcome is JobOutcome.SUCCEEDED
+            and bool(result.running_version)
+            and machine.job_gateway(result.job_id) is not None
+            and version_key(result.running_version) < version_key(machine.spec.target_version)
+        )
 
     def _refused(
         self, kind: RefusedKind, sender: str, event: JobResult | JobProgress, now: datetime, step: _Step
@@ -435,11 +471,14 @@ class RolloutCoordinator:
     async def _plan(self, rollout_id: str) -> None:
         machine = self.machines[rollout_id]
         try:
-            candidates = await self.registry.candidates(machine.spec.software_type)
+            candidates, freshness = await self.registry.candidates(
+                machine.spec.software_type, machine.spec.target_version
+            )
         except MemfaultUnavailable as error:
             self._plans_ready[rollout_id] = ("", error)
             return
         self._candidates[rollout_id] = candidates
+        self._freshness[rollout_id] = freshness
         self._plans_ready[rollout_id] = (uuid.uuid4().hex[:12], None)
 
     def _adopt_plans(self, now: datetime, step: _Step) -> None:
@@ -471,6 +510,13 @@ class RolloutCoordinator:
                 throughput_bytes_per_s=self._settings.throughput_bytes_per_s,
                 reboot_s=self._settings.reboot_s,
             )
+            if (freshness := self._freshness.pop(rollout_id, None)) is not None:
+                plan = msgspec.structs.replace(
+                    plan,
+                    memfault_answered=freshness.answered,
+                    memfault_devices=freshness.devices,
+                    memfault_oldest_answer_age_s=round(freshness.oldest_age_s, 1),
+                )
             try:
                 effects = machine.set_plan(plan)
             except RolloutError as refusal:
@@ -530,9 +576,20 @@ class RolloutCoordinator:
         self, machine: RolloutMachine, dispatch: Dispatch, now: datetime, step: _Step
     ) -> None:
         started = asyncio.get_running_loop().time()
-        resolution = await self.registry.resolve(dispatch.serial)
-        offer = resolution.offer
-        if offer is None and resolution.current_version == machine.spec.target_version:
+        target = machine.spec.target_version
+        resolution = await self.registry.resolve(
+            dispatch.serial, target, self._ran_hop.get(dispatch.serial, "")
+        )
+        install = resolution.install
+        if resolution.hold_s > 0:
+            # Nothing decided yet (a fresh answer is on its way, or Memfault is down): the device
+            # waits, and nothing is counted against it, its gateway or the gates.
+            if resolution.paused:
+                self._pause_dispatch(machine, resolution.reason, now, step)
+            more = machine.on_not_sent(dispatch.job_id, now, resolution.hold_s, resolution.reason)
+            await self._carry_out(machine, more, now, step)
+            return
+        if install is None and version_key(resolution.current_version or "0") == version_key(target):
             # The device already runs the target (its result was lost, say, when a controller died
             # between the broker's acknowledgement and the inbox): done, nothing to flash.
             more = machine.on_result(
@@ -541,15 +598,16 @@ class RolloutCoordinator:
             log.info("already on target", device=dispatch.serial, version=resolution.current_version)
             await self._carry_out(machine, more, now, step)
             return
-        if offer is None or offer.version != machine.spec.target_version:
-            # Memfault down: the device waits without losing an attempt. Otherwise the release
-            # changed under the rollout: this device is rejected, never flashed with the wrong image.
-            reason = ReasonCode.GATEWAY_BUSY if resolution.transient else ReasonCode.VERSION_MISMATCH
-            outcome = JobOutcome.FAILED if resolution.transient else JobOutcome.REJECTED
-            more = machine.on_result(dispatch.job_id, outcome, reason, resolution.transient, now)
-            log.info("dispatch held", device=dispatch.serial, why=resolution.reason or f"offer {offer}")
+        if install is None:
+            # Memfault gives this device nothing usable for the target (it offers another release,
+            # answered garbage, 404...): the device leaves the rollout with why; nobody is blamed.
+            log.info("dispatch excluded", device=dispatch.serial, why=resolution.reason)
+            self.stats.memfault_excluded += 1
+            more = machine.on_excluded(dispatch.job_id, f"memfault: {resolution.reason}")
             await self._carry_out(machine, more, now, step)
             return
+        self._ran_hop.pop(dispatch.serial, None)
+        ref = install.artifact
         command = OtaCommand(
             job_id=JobId(dispatch.job_id),
             rollout_id=RolloutId(machine.rollout_id),
@@ -558,9 +616,16 @@ class RolloutCoordinator:
             issued_at=now,
             deadline=dispatch.deadline,
             artifact=Artifact(
-                url=offer.artifact.url, size_bytes=offer.artifact.size_bytes, sha256=offer.artifact.sha256
+                url=ref.url,
+                size_bytes=ref.size_bytes,
+                sha256=ref.sha256 or None,
+                # md5 and sha1 travel only without sha256, so agents that predate them keep working.
+                md5=None if ref.sha256 else ref.md5 or None,
+                sha1=None if ref.sha256 else ref.sha1 or None,
             ),
-            target_version=machine.spec.target_version,
+            target_version=install.version,
+            # A delta applies only from its exact From version: the agent checks the device runs it.
+            expected_current_version=resolution.current_version if install.delta else None,
             allow_downgrade=machine.spec.allow_downgrade,
             controller_epoch=self._lease_epoch,
         )
@@ -569,6 +634,60 @@ class RolloutCoordinator:
         step.commands.append((topic, payload))
         self.stats.dispatched += 1
         self.dispatch_latency.observe(asyncio.get_running_loop().time() - started)
+
+    def _pause_dispatch(self, machine: RolloutMachine, reason: str, now: datetime, step: _Step) -> None:
+        """Note (once) that a rollout's dispatch waits for Memfault; `_resume_dispatch` ends it."""
+        if machine.rollout_id in self._memfault_paused:
+            return
+        self._memfault_paused[machine.rollout_id] = reason[:256]
+        step.changed.add(machine.rollout_id)
+        step.audit.append(
+            AuditEvent(
+                at=now,
+                actor="controller",
+                action="dispatch_paused",
+                rollout_id=RolloutId(machine.rollout_id),
+                detail=reason[:256],
+            )
+        )
+
+    def _resume_dispatch(self, now: datetime, step: _Step) -> None:
+        """Memfault answers again: every rollout paused for it dispatches again by itself."""
+        if not self._memfault_paused or self.correlation.outage():
+            return
+        for rollout_id in list(self._memfault_paused):
+            del self._memfault_paused[rollout_id]
+            step.changed.add(rollout_id)
+            step.audit.append(
+                AuditEvent(
+                    at=now,
+                    actor="controller",
+                    action="dispatch_resumed",
+                    rollout_id=RolloutId(rollout_id),
+                    detail="memfault answers again",
+                )
+            )
+
+    def state_of(self, machine: RolloutMachine, now: datetime) -> RolloutState:
+        """A rollout's state message: how fresh Memfault's answers are, and an outage holding it."""
+        state = machine.state(now)
+        freshness = self._fleet_freshness(now.timestamp())
+        changes: dict[str, object] = {
+            "memfault_answered_ratio": round(freshness.answered_fraction, 4),
+            "memfault_oldest_answer_age_s": round(freshness.oldest_age_s, 1),
+        }
+        reason = self._memfault_paused.get(machine.rollout_id)
+        if reason and state.status is RolloutStatus.RUNNING and not state.paused_reason:
+            changes["paused_reason"] = reason
+        return msgspec.structs.replace(state, **changes)
+
+    def _fleet_freshness(self, now_s: float) -> Freshness:
+        """The view's freshness over the fleet, recomputed at most every second (it walks every device)."""
+        at_s, freshness = self._freshness_cache
+        if freshness is None or abs(now_s - at_s) >= 1.0:
+            freshness = self.correlation.freshness()
+            self._freshness_cache = (now_s, freshness)
+        return freshness
 
     # --- gateways and flow ---------------------------------------------------------------------
 
@@ -661,7 +780,7 @@ class RolloutCoordinator:
         for record in records:
             machine = self.machines[record.rollout_id]
             topic = self._tree.topic(TopicKind.ROLLOUT_STATE, rollout_id=record.rollout_id)
-            self._publish(Outbound(topic, channels.encode(machine.state(now)), qos=1, retain=True))
+            self._publish(Outbound(topic, channels.encode(self.state_of(machine, now)), qos=1, retain=True))
             if record.rollout_id in step.plans and machine.plan is not None:
                 self._publish_plan(machine.plan)
         for payload in audit:

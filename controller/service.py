@@ -19,6 +19,7 @@ import msgspec
 import structlog
 from prometheus_client import CollectorRegistry
 
+from controller.correlation_view import CorrelationSettings
 from controller.errors import ControllerError, StaleLease, StoreError
 from controller.ingest import Ingest
 from controller.memfault import MemfaultClient
@@ -142,6 +143,12 @@ class ControllerService:
             settings=settings.scheduler,
             operator_keys=OperatorKeys(settings.operator_auth),
             publish=self._publish,
+            correlation=CorrelationSettings(
+                refresh_after_s=settings.memfault.refresh_after_s,
+                plan_max_age_s=settings.memfault.plan_max_age_s,
+                plan_wait_s=settings.memfault.plan_wait_s,
+                dispatch_max_age_s=settings.memfault.dispatch_max_age_s,
+            ),
         )
         mqtt = settings.mqtt
         share = mqtt.share_group
@@ -268,6 +275,8 @@ class ControllerService:
                 await self.executor.call(self.store.release_lease, self.settings.controller_id)
             await self.session.stop()
             await session_task
+            # The correlation view scans the store: it stops before the store's thread does.
+            await asyncio.to_thread(self.coordinator.close)
             self.executor.shutdown()
 
     async def stop(self) -> None:
@@ -562,6 +571,11 @@ class ControllerService:
             memfault_requests_by_status=dict(memfault.requests_by_status),
             memfault_cache_hits=memfault.cache_hits,
             memfault_cache_misses=memfault.cache_misses,
+            memfault_unanswered_by_reason=dict(memfault.unanswered_by_reason),
+            memfault_outage=bool(coordinator.correlation.outage()),
+            memfault_answered_fraction=coordinator.correlation.freshness().answered_fraction,
+            memfault_oldest_answer_age_s=coordinator.correlation.freshness().oldest_age_s,
+            memfault_excluded_at_dispatch=stats.memfault_excluded,
             rollouts_by_status=coordinator.rollouts_by_status(),
             jobs=dict(stats.jobs),
             gate_decisions=dict(stats.gate_decisions),

@@ -45,6 +45,14 @@ class MemfaultConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=256)] = 8
     requests_per_s: PositiveSeconds = 20.0
     timeout_s: PositiveSeconds = 10.0
+    refresh_after_s: PositiveSeconds = 7200.0
+    """The standing correlation asks a device again after this long (artifact links last 6 h)."""
+    plan_max_age_s: PositiveSeconds = 600.0
+    """A plan uses answers younger than this; older ones are asked again before planning."""
+    plan_wait_s: PositiveSeconds = 30.0
+    """How long a plan waits (beside the scheduler) for the answers it needs."""
+    dispatch_max_age_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    """A dispatch uses an answer younger than this; an older one is asked again first (0: always)."""
     allowed_project_keys: tuple[Annotated[str, msgspec.Meta(min_length=1)], ...] = ()
     """The project keys of the fleet's Memfault projects: a gateway's credential for any other
     project is refused (counted and audited), since the key decides which firmware a device is

@@ -59,6 +59,12 @@ ControllerIdField = Annotated[
 Sha256Hex = Annotated[
     str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$", description="SHA-256 digest, 64 lowercase hex digits.")
 ]
+Md5Hex = Annotated[
+    str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$", description="MD5 digest, 32 lowercase hex digits.")
+]
+Sha1Hex = Annotated[
+    str, msgspec.Meta(pattern=r"^[0-9a-f]{40}$", description="SHA-1 digest, 40 lowercase hex digits.")
+]
 Version = Annotated[
     str,
     msgspec.Meta(

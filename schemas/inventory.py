@@ -80,6 +80,9 @@ class DeviceReport(msgspec.Struct, frozen=True, kw_only=True):
     hardware_version: ShortText = ""
     software_type: ShortText = ""
     current_version: ShortText = ""
+    accepts_delta: bool = False
+    """The device's bootloader applies Memfault delta payloads (declared by the gateway's config;
+    false by default): only then may the controller send it a patch instead of a whole image."""
     memfault: MemfaultAccess = MemfaultAccess.OK
     memfault_error: ShortText = ""
     project_key_fingerprint: ShortText = ""

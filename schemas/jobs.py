@@ -17,7 +17,9 @@ from schemas.ids import (
     GatewayIdField,
     JobIdField,
     LongText,
+    Md5Hex,
     RolloutIdField,
+    Sha1Hex,
     Sha256Hex,
     ShortText,
     Version,
@@ -27,12 +29,19 @@ SizeBytes = Annotated[int, msgspec.Meta(ge=1, le=64 * 1024 * 1024, description="
 Url = Annotated[str, msgspec.Meta(min_length=8, max_length=2048, pattern=r"^https?://[^\s]+$")]
 
 
-class Artifact(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The firmware file to install, as resolved from Memfault right before dispatch."""
+class Artifact(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """The firmware file to install, as resolved from Memfault right before dispatch.
+
+    The agent verifies every digest given before any byte reaches a device: sha256 when Memfault
+    supplies it, otherwise md5 (and sha1). At least one of sha256 and md5 is present; a command
+    with sha256 only encodes as before, so agents that predate md5 keep working.
+    """
 
     url: Url
     size_bytes: SizeBytes
-    sha256: Sha256Hex
+    sha256: Sha256Hex | None = None
+    md5: Md5Hex | None = None
+    sha1: Sha1Hex | None = None
 
 
 class OtaCommand(

@@ -186,6 +186,12 @@ class RolloutPlan(msgspec.Struct, frozen=True, kw_only=True):
     excluded: list[ExcludedDevice] = msgspec.field(default_factory=list)
     image_size_bytes: int = 0
     estimated_duration_s: float = 0.0
+    memfault_devices: int = 0
+    """Devices of the software type the plan asked Memfault about."""
+    memfault_answered: int = 0
+    """Of those, how many had an answer for their current version when the plan was made."""
+    memfault_oldest_answer_age_s: float = 0.0
+    """Age of the oldest of those answers (Memfault's artifact links last 6 hours)."""
 
 
 PLAN_PAGE_BUDGET_BYTES = 128 * 1024
@@ -450,6 +456,10 @@ class RolloutState(msgspec.Struct, frozen=True, kw_only=True):
         msgspec.field(default_factory=list)
     )
     updated_at: datetime
+    memfault_answered_ratio: float = 1.0
+    """Fleet devices with a Memfault answer for their current version (the standing correlation)."""
+    memfault_oldest_answer_age_s: float = 0.0
+    """Age of the oldest of those answers (they are refreshed well before links expire at 6 h)."""
 
 
 class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):

@@ -427,6 +427,46 @@ class RolloutMachine:
         self._set_state(serial, terminal, reason.value)
         return []
 
+    def on_not_sent(self, job_id: str, now: datetime, retry_in_s: float, reason: str) -> list[Effect]:
+        """The coordinator did not send a job (Memfault's answer is stale, or Memfault is down).
+
+        The device waits `retry_in_s`; no attempt, gateway outcome or gate count changes.
+        """
+        serial = self._jobs.get(job_id)
+        record = self._in_flight.get(serial) if serial else None
+        if serial is None or record is None or record.job_id != job_id:
+            return []
+        record.attempts -= 1
+        return self._wait(serial, _ts(now) + retry_in_s, reason)
+
+    def on_excluded(self, job_id: str, reason: str) -> list[Effect]:
+        """The coordinator will not send this job: Memfault gives the device nothing usable now.
+
+        The device leaves the rollout as canceled with `reason` (a gate counts it neither way, and
+        its gateway is not blamed).
+        """
+        serial = self._jobs.get(job_id)
+        record = self._in_flight.get(serial) if serial else None
+        if serial is None or record is None or record.job_id != job_id:
+            return []
+        record.attempts -= 1
+        self._set_state(serial, DeviceJobState.CANCELED, reason[:256])
+        return [Audit("excluded", f"{serial}: {reason}"[:256])]
+
+    def on_hop_done(self, job_id: str, now: datetime, version: str) -> list[Effect]:
+        """A job installed a must-pass-through release below the target: the device goes again.
+
+        Its next hop is a new job (attempts start afresh); it counts as done only on the target.
+        """
+        serial = self._jobs.get(job_id)
+        record = self._in_flight.get(serial) if serial else None
+        if serial is None or record is None or record.job_id != job_id:
+            return []
+        self._s.gateway_successes[record.gateway] = self._s.gateway_successes.get(record.gateway, 0) + 1
+        record.attempts = 0
+        effects: list[Effect] = [Audit("hop", f"{serial} runs {version}; next hop")]
+        return effects + self._wait(serial, _ts(now), f"on {version}: next hop")
+
     def on_gateway_offline(self, gateway_id: str, now: datetime) -> list[Effect]:
         """A gateway died: its jobs go to another gateway that hears the device (attempt given back)."""
         effects: list[Effect] = []

@@ -54,7 +54,8 @@ def exclusion(spec: RolloutSpec, candidate: Candidate) -> str:
     if candidate.current_version == spec.target_version:
         return "already on the target version"
     if candidate.offered_version is None:
-        return f"memfault offers nothing: {candidate.refusal or 'up to date'}"
+        # The correlation core's reason says it all (up to date, refused, unanswered, delta only...).
+        return candidate.refusal or "memfault offers nothing: up to date"
     if candidate.offered_version != spec.target_version:
         return f"memfault offers {candidate.offered_version}, not {spec.target_version}"
     if not spec.allow_downgrade and version_key(spec.target_version) < version_key(candidate.current_version):

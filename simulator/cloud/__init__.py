@@ -11,7 +11,7 @@ from simulator.cloud.decision import (
     decide,
 )
 from simulator.cloud.errors import CloudConfigError, CloudError, InvalidVersion, LifecycleError, ModelError
-from simulator.cloud.faults import FaultInjector, FaultSettings, ForcedStatus
+from simulator.cloud.faults import DeviceFault, DeviceFaultKind, FaultInjector, FaultSettings, ForcedStatus
 from simulator.cloud.loader import load_directory
 from simulator.cloud.model import CloudModel, Cohort, Project
 from simulator.cloud.releases import Artifact, ArtifactKind, ArtifactSource, Release
@@ -27,6 +27,8 @@ __all__ = [
     "CloudError",
     "CloudModel",
     "Cohort",
+    "DeviceFault",
+    "DeviceFaultKind",
     "DeviceQuery",
     "Endpoint",
     "FaultInjector",

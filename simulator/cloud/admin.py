@@ -5,6 +5,8 @@
     PUT    /_emulator/faults          change some knobs: {"latency_ms": 200, "error_rate": 0.1, ...}
     DELETE /_emulator/faults          back to a well-behaved server
     POST   /_emulator/faults/force    {"status": 503, "count": 3, "retry_after_s": 2}
+    PUT    /_emulator/faults/devices/{serial}   {"kind": "status"|"garbage"|"truncated", "status": 500}
+    DELETE /_emulator/faults/devices/{serial}   that device is answered normally again
     GET    /_emulator/counters        requests and statuses per endpoint
     DELETE /_emulator/counters        start counting from zero
     POST   /_emulator/activate        {"project_key", "version", "cohort", "percent", "software_type"}
@@ -23,7 +25,7 @@ from aiohttp import web
 
 from simulator.cloud.counters import RequestCounters
 from simulator.cloud.errors import ModelError
-from simulator.cloud.faults import FaultInjector, ForcedStatus
+from simulator.cloud.faults import DeviceFault, FaultInjector, ForcedStatus
 from simulator.cloud.model import DEFAULT_COHORT, DEFAULT_SOFTWARE_TYPE, CloudModel
 from simulator.cloud.routes import json_error
 from simulator.cloud.wire import JSON_ENCODER
@@ -81,6 +83,9 @@ class AdminRoutes:
         router.add_put(f"{ADMIN_PREFIX}/faults", self.put_faults, name="admin.faults.put")
         router.add_delete(f"{ADMIN_PREFIX}/faults", self.reset_faults, name="admin.faults.delete")
         router.add_post(f"{ADMIN_PREFIX}/faults/force", self.force, name="admin.force")
+        device_path = f"{ADMIN_PREFIX}/faults/devices/{{serial}}"
+        router.add_put(device_path, self.fault_device, name="admin.faults.device")
+        router.add_delete(device_path, self.clear_device, name="admin.faults.device.delete")
         router.add_get(f"{ADMIN_PREFIX}/counters", self.get_counters, name="admin.counters")
         router.add_delete(f"{ADMIN_PREFIX}/counters", self.reset_counters, name="admin.counters.delete")
         router.add_post(f"{ADMIN_PREFIX}/activate", self.activate, name="admin.activate")
@@ -116,6 +121,20 @@ class AdminRoutes:
         except _BadBody as error:
             return json_error(HTTPStatus.BAD_REQUEST, str(error))
         self.faults.force(forced.status, forced.count, forced.retry_after_s)
+        return self._faults_reply()
+
+    async def fault_device(self, request: web.Request) -> web.Response:
+        """Make the latest-release API misbehave for one device serial."""
+        try:
+            fault = await _body(request, DeviceFault)
+        except _BadBody as error:
+            return json_error(HTTPStatus.BAD_REQUEST, str(error))
+        self.faults.fault_device(request.match_info["serial"], fault.kind, fault.status)
+        return self._faults_reply()
+
+    async def clear_device(self, request: web.Request) -> web.Response:
+        """Answer one device normally again."""
+        self.faults.clear_device(request.match_info["serial"])
         return self._faults_reply()
 
     async def get_counters(self, request: web.Request) -> web.Response:
@@ -159,7 +178,13 @@ class AdminRoutes:
         return web.Response(status=HTTPStatus.NO_CONTENT)
 
     def _faults_reply(self) -> web.Response:
-        return _json({"settings": self.faults.settings, "forced_remaining": self.faults.forced_remaining})
+        return _json(
+            {
+                "settings": self.faults.settings,
+                "forced_remaining": self.faults.forced_remaining,
+                "devices": self.faults.device_faults,
+            }
+        )
 
 
 async def _body(request: web.Request, kind: type[_Body]) -> _Body:

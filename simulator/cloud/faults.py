@@ -1,9 +1,10 @@
-"""Injected misbehaviour: latency, random 503s, per-device rate limits and forced statuses (pure).
+"""Injected misbehaviour: latency, random 503s, rate limits, forced statuses, per-device faults (pure).
 
 The clock and the random generator are the caller's: `now_s` is an argument and the generator is
 seeded, so a test run is reproducible.
 """
 
+import enum
 import math
 import random
 from collections import deque
@@ -42,6 +43,25 @@ class ForcedStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The `Retry-After` header in seconds (None: no header)."""
 
 
+class DeviceFaultKind(enum.StrEnum):
+    """How the latest-release API misbehaves for one device serial."""
+
+    STATUS = "status"
+    """An error status with a JSON error body (404, 500...)."""
+    GARBAGE = "garbage"
+    """A 200 whose body is not JSON."""
+    TRUNCATED = "truncated"
+    """A 200 carrying the first half of the real release JSON."""
+
+
+class DeviceFault(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One device's fault (body of `PUT /_emulator/faults/devices/{serial}`)."""
+
+    kind: DeviceFaultKind = DeviceFaultKind.STATUS
+    status: Annotated[int, msgspec.Meta(ge=400, le=599)] = 500
+    """The status answered when `kind` is `status`."""
+
+
 @dataclass(frozen=True, slots=True)
 class InjectedFailure:
     """An answer the fault injector imposes instead of the real one."""
@@ -66,6 +86,8 @@ class FaultInjector:
         self._random = random.Random(seed)
         self._forced: deque[_ForcedRun] = deque()
         self._recent_s_by_device: dict[str, deque[float]] = {}
+        self.device_faults: dict[str, DeviceFault] = {}
+        """Faults by device serial, applied to that device's latest-release requests only."""
 
     def configure(self, /, **knobs: object) -> FaultSettings:
         """Change some knobs (names and ranges as in `FaultSettings`); the others keep their value.
@@ -113,6 +135,26 @@ class FaultInjector:
         self._random = random.Random(self._seed)
         self._forced.clear()
         self._recent_s_by_device.clear()
+        self.device_faults.clear()
+
+    def fault_device(
+        self, device_serial: str, kind: DeviceFaultKind | str = DeviceFaultKind.STATUS, status: int = 500
+    ) -> DeviceFault:
+        """Make the latest-release API misbehave for this device only (until `clear_device`).
+
+        Raises:
+            ModelError: an unknown kind or a status outside 400..599.
+        """
+        try:
+            fault = msgspec.convert({"kind": str(kind), "status": status}, DeviceFault)
+        except msgspec.ValidationError as error:
+            raise ModelError(f"bad device fault: {error}") from None
+        self.device_faults[device_serial] = fault
+        return fault
+
+    def clear_device(self, device_serial: str) -> None:
+        """The device is answered normally again."""
+        self.device_faults.pop(device_serial, None)
 
     def affects(self, endpoint: Endpoint) -> bool:
         """Whether latency, errors and forced statuses apply to this endpoint."""

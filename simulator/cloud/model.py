@@ -119,6 +119,7 @@ class CloudModel:
         must_pass_through: bool = False,
         notes: str = "",
         revision: str = "",
+        without_sha256: bool = False,
     ) -> Release:
         """Add a release with its artifacts (full images and deltas) to a project.
 
@@ -131,6 +132,7 @@ class CloudModel:
             must_pass_through: devices may not skip this release on the way to a newer one.
             notes: release notes (text or HTML).
             revision: the source revision the release was built from.
+            without_sha256: replies give md5 and sha1 only (the sha256 is empty).
 
         Raises:
             ModelError: a bad version or file name, a duplicate release, or no artifact.
@@ -160,6 +162,7 @@ class CloudModel:
             must_pass_through=must_pass_through,
             created_s=created_s,
             artifacts=artifacts,
+            without_sha256=without_sha256,
         )
         self._next_release_id += 1
         project.releases.append(release)

@@ -70,6 +70,8 @@ class Release:
     must_pass_through: bool
     created_s: float
     artifacts: tuple[Artifact, ...]
+    without_sha256: bool = False
+    """Replies list md5 and sha1 but an empty sha256, as some Memfault releases do."""
 
     @property
     def version_key(self) -> VersionKey:

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from simulator.cloud.counters import Endpoint, RequestCounters
 from simulator.cloud.decision import DeviceQuery, NoUpdate, Offer, Refusal, decide
-from simulator.cloud.faults import FaultInjector, InjectedFailure
+from simulator.cloud.faults import DeviceFault, DeviceFaultKind, FaultInjector, InjectedFailure
 from simulator.cloud.model import CloudModel
 from simulator.cloud.ranges import ByteSpan, Unsatisfiable, WholeBody, resolve_range
 from simulator.cloud.signing import SignatureCheck, UrlSigner
@@ -124,6 +124,9 @@ class CloudRoutes:
         if isinstance(checked, web.Response):
             return checked
         project_key, query = checked
+        device_fault = self.faults.device_faults.get(query.device_serial)
+        if (injected := _device_fault_answer(device_fault)) is not None:
+            return injected
         match decide(self.model, project_key, query):
             case Refusal(status=status, message=message):
                 return json_error(status, message)
@@ -133,7 +136,11 @@ class CloudRoutes:
                 url = self.artifact_url(offer.artifact.id)
                 if url_only:
                     return web.Response(text=url, content_type="text/plain")
-                body = JSON_ENCODER.encode(release_reply(offer, url))
+                full = offer.release.full_artifact(offer.artifact.hardware_version)
+                full_image = (full, self.artifact_url(full.id)) if full is not None else None
+                body = JSON_ENCODER.encode(release_reply(offer, url, full_image))
+                if device_fault is not None and device_fault.kind is DeviceFaultKind.TRUNCATED:
+                    body = body[: len(body) // 2]
                 return web.Response(body=body, content_type="application/json")
             case unreachable:
                 assert_never(unreachable)
@@ -182,6 +189,15 @@ class CloudRoutes:
         if failure is not None:
             return json_error(failure.status, failure.message, retry_after_s=failure.retry_after_s)
         return await handler(request)
+
+
+def _device_fault_answer(fault: DeviceFault | None) -> web.Response | None:
+    """The answer a device fault imposes before any decision (None: decide, maybe truncate later)."""
+    if fault is None or fault.kind is DeviceFaultKind.TRUNCATED:
+        return None
+    if fault.kind is DeviceFaultKind.STATUS:
+        return json_error(fault.status, "injected for this device")
+    return web.Response(body=b"<html>not a release", content_type="application/json")
 
 
 def _endpoint_of(request: web.Request) -> Endpoint:

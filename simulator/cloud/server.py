@@ -175,6 +175,7 @@ class CloudEmulator:
         notes: str = "",
         revision: str = "",
         filename_by_hardware: Mapping[str, str] | None = None,
+        without_sha256: bool = False,
     ) -> Release:
         """Add a release, created now, with full images per hardware version and optional deltas.
 
@@ -188,6 +189,7 @@ class CloudEmulator:
             notes: release notes.
             revision: the source revision.
             filename_by_hardware: download file names of the full images.
+            without_sha256: replies give md5 and sha1 only (the sha256 is empty).
 
         Raises:
             ModelError: a bad version or file name, a duplicate release, or no artifact.
@@ -210,6 +212,7 @@ class CloudEmulator:
             must_pass_through=must_pass_through,
             notes=notes,
             revision=revision,
+            without_sha256=without_sha256,
         )
 
     def activate(

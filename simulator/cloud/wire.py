@@ -8,12 +8,14 @@ from typing import Final
 import msgspec
 
 from simulator.cloud.decision import DeviceQuery, Offer, Refusal
+from simulator.cloud.releases import Artifact, ArtifactKind
 from simulator.cloud.versions import is_version
 
 REQUIRED_PARAMETERS: Final = ("device_serial", "hardware_version", "software_type")
 OPTIONAL_PARAMETERS: Final = ("current_version",)
 MAX_PARAMETER_CHARS: Final = 128
 ARTIFACT_TYPE: Final = "firmware"
+DELTA_ARTIFACT_TYPE: Final = "delta"
 
 
 class ArtifactReply(msgspec.Struct, frozen=True):
@@ -88,9 +90,19 @@ def parse_device_query(parameters: Mapping[str, Sequence[str]]) -> DeviceQuery |
     )
 
 
-def release_reply(offer: Offer, artifact_url: str) -> ReleaseReply:
-    """The release JSON for an offer, listing the one artifact the device should download."""
-    release, artifact = offer.release, offer.artifact
+def release_reply(
+    offer: Offer, artifact_url: str, full_image: tuple[Artifact, str] | None = None
+) -> ReleaseReply:
+    """The release JSON for an offer: first the artifact the device should download.
+
+    For a delta, `full_image` (the release's whole image for the hardware, with its URL) follows,
+    so a client that cannot apply patches can take the whole image (type `firmware`; the patch is
+    type `delta`).
+    """
+    release = offer.release
+    listed = [(offer.artifact, artifact_url)]
+    if offer.is_delta and full_image is not None:
+        listed.append(full_image)
     return ReleaseReply(
         id=release.id,
         created_date=iso_date(release.created_s),
@@ -104,15 +116,16 @@ def release_reply(offer: Offer, artifact_url: str) -> ReleaseReply:
             ArtifactReply(
                 id=artifact.id,
                 created_date=iso_date(artifact.created_s),
-                type=ARTIFACT_TYPE,
+                type=DELTA_ARTIFACT_TYPE if artifact.kind is ArtifactKind.DELTA else ARTIFACT_TYPE,
                 hardware_version=artifact.hardware_version,
                 filename=artifact.filename,
                 file_size=artifact.size_bytes,
-                url=artifact_url,
+                url=url,
                 md5=artifact.md5,
                 sha1=artifact.sha1,
-                sha256=artifact.sha256,
+                sha256="" if release.without_sha256 else artifact.sha256,
             )
+            for artifact, url in listed
         ],
     )
 

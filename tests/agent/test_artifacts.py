@@ -175,3 +175,27 @@ def test_cache_evicts_least_recently_used(tmp_path: Path) -> None:
     assert not cache.path_for("b").exists()
     assert cache.path_for("c").exists()
     assert cache.stats.evicted_files == 2
+
+
+async def test_without_sha256_the_md5_and_sha1_are_verified(tmp_path: Path, server: ArtifactServer) -> None:
+    """With no sha256, an artifact matching md5 and sha1 is accepted; a wrong md5 or sha1 refuses it."""
+    md5 = hashlib.md5(PAYLOAD, usedforsecurity=False).hexdigest()
+    sha1 = hashlib.sha1(PAYLOAD, usedforsecurity=False).hexdigest()
+    fetcher = _fetcher(tmp_path)
+    for wrong_md5, wrong_sha1 in (("0" * 32, sha1), (md5, "0" * 40)):
+        with pytest.raises(ArtifactRefused) as caught:
+            await fetcher.fetch(
+                server.url("/artifact"), len(PAYLOAD), None, md5_hex=wrong_md5, sha1_hex=wrong_sha1
+            )
+        assert caught.value.reason is ReasonCode.HASH_MISMATCH
+    assert list((tmp_path / "cache").iterdir()) == []
+    path = await fetcher.fetch(server.url("/artifact"), len(PAYLOAD), None, md5_hex=md5, sha1_hex=sha1)
+    assert path.read_bytes() == PAYLOAD
+
+
+async def test_a_command_without_sha256_or_md5_is_refused(tmp_path: Path, server: ArtifactServer) -> None:
+    """Nothing is downloaded for an artifact that names no digest the agent can verify."""
+    with pytest.raises(ArtifactRefused) as caught:
+        await _fetcher(tmp_path).fetch(server.url("/artifact"), len(PAYLOAD), None)
+    assert caught.value.reason is ReasonCode.HASH_MISMATCH
+    assert server.requests == []

@@ -6,9 +6,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from controller.errors import MemfaultBadResponse, MemfaultUnavailable
+from controller.errors import MemfaultRateLimited, MemfaultUnavailable
 from controller.memfault import MemfaultClient, MemfaultSettings
-from controller.releases import DeviceQuery, DeviceRefused, ReleaseOffer, UpToDate
+from controller.releases import DeviceQuery, DeviceRefused, ReleaseOffer, Unanswered, UpToDate
 
 QUERY = DeviceQuery("S1", "nrf54l15dk", "app", "1.0.0", "key-1")
 RELEASE = {
@@ -153,11 +153,44 @@ async def test_timeouts_back_off_exponentially() -> None:
     "body",
     [b"{", b"[]", json.dumps({"version": "1"}).encode(), json.dumps({**RELEASE, "artifacts": 5}).encode()],
 )
-async def test_malformed_releases_are_bad_responses(body: bytes) -> None:
-    """Garbage in a 200 is a MemfaultBadResponse (an outage-like condition), never a crash."""
+async def test_malformed_releases_are_unanswered(body: bytes) -> None:
+    """Garbage in a 200 is that device's `Unanswered` (counted by reason), never a crash or an outage."""
     client = _client(lambda _r: httpx.Response(200, content=body), FakeTime())
-    with pytest.raises(MemfaultBadResponse):
+    answer = await client.latest_release(QUERY)
+    assert isinstance(answer, Unanswered)
+    assert answer.reason == "malformed"
+    assert client.stats.unanswered_by_reason == {"malformed": 1}
+
+
+async def test_a_404_is_the_device_s_own_unanswered() -> None:
+    """A 404 for one device is `Unanswered("http_404")` at once (no retries, no pause)."""
+    time = FakeTime()
+    client = _client(lambda _r: httpx.Response(404, json={"error": {"message": "nope"}}), time)
+    answer = await client.latest_release(QUERY)
+    assert answer == Unanswered("http_404", "nope")
+    assert time.slept == []
+
+
+async def test_a_lasting_500_is_unavailable_for_the_view_to_judge() -> None:
+    """A 500 after every retry raises MemfaultUnavailable (the correlation view tells outage from device)."""
+    client = _client(lambda _r: httpx.Response(500), FakeTime(), max_retries=1, backoff_initial_s=1.0)
+    with pytest.raises(MemfaultUnavailable):
         await client.latest_release(QUERY)
+
+
+async def test_sha256_absent_keeps_md5_and_sha1_and_delta_lists_the_full_image() -> None:
+    """A release without sha256 carries md5 and sha1; a delta release keeps its full image aside."""
+    base = dict(RELEASE["artifacts"][0])  # type: ignore[index]
+    delta = {**base, "type": "delta", "sha256": "", "md5": "A" * 32, "sha1": "b" * 40}
+    full = {**base, "url": "https://cdn.example/full.bin", "sha256": "c" * 64}
+    body = {**RELEASE, "is_delta": True, "artifacts": [delta, full]}
+    answer = await _client(lambda _r: httpx.Response(200, json=body), FakeTime()).latest_release(QUERY)
+    assert isinstance(answer, ReleaseOffer)
+    assert answer.artifact.is_delta
+    assert (answer.artifact.sha256, answer.artifact.md5, answer.artifact.sha1) == ("", "a" * 32, "b" * 40)
+    assert answer.full_artifact is not None
+    assert answer.full_artifact.url == "https://cdn.example/full.bin"
+    assert not answer.full_artifact.is_delta
 
 
 async def test_rate_limit_spaces_requests() -> None:
@@ -167,3 +200,24 @@ async def test_rate_limit_spaces_requests() -> None:
     for index in range(6):
         await client.latest_release(DeviceQuery(f"S{index}", "hw", "app", "1.0.0", "k"))
     assert sum(time.slept) >= 1.9
+
+
+async def test_a_429_holds_back_only_its_device() -> None:
+    """A 429 (a per-device limit) makes that device wait its Retry-After; others are asked at once."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params["device_serial"] == "LIMITED":
+            return httpx.Response(429, headers={"Retry-After": "30"})
+        return httpx.Response(204)
+
+    time = FakeTime()
+    client = _client(handler, time)
+    limited = DeviceQuery("LIMITED", "nrf54l15dk", "app", "1.0.0", "key-1")
+    with pytest.raises(MemfaultRateLimited) as caught:
+        await client.latest_release(limited)
+    assert 29 <= caught.value.retry_after_s <= 30
+    assert isinstance(await client.latest_release(QUERY), UpToDate)
+    assert time.slept == []
+    with pytest.raises(MemfaultRateLimited):
+        await client.latest_release(limited)
+    assert client.stats.requests_by_status.get("429") == 1

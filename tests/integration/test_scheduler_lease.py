@@ -81,7 +81,9 @@ async def controller(
         service = ControllerService(
             settings,
             store=store,
-            memfault=MemfaultClient(MemfaultSettings(base_url=cloud_url, requests_per_s=1000.0), http),
+            memfault=MemfaultClient(
+                MemfaultSettings(base_url=cloud_url, requests_per_s=1000.0), http, transport=transport
+            ),
             registry=CollectorRegistry(),
         )
         task = asyncio.create_task(service.run())
