@@ -61,6 +61,10 @@ from service_runtime.systemd import SystemdNotifier
 log = structlog.get_logger("mcufleet.controller")
 
 FIREHOSE_WAIT_S = 30.0
+STOP_STAGE_S = 8.0
+"""How long shutdown waits for one stage (the firehose, the background tasks, the MQTT session):
+a part that does not stop in time is logged and left behind, so `run()` always returns and a
+SIGTERM never hangs the process (systemd would kill it mid-write otherwise)."""
 INBOX_KINDS = {TopicKind.JOB_RESULT, TopicKind.JOB_PROGRESS, TopicKind.OPERATOR_REQUEST}
 
 
@@ -263,20 +267,21 @@ class ControllerService:
         finally:
             self._notifier.stopping()
             # Reports stop arriving first, so the last flush below writes everything received.
-            await asyncio.to_thread(self.firehose.stop)
+            await _bounded("firehose", asyncio.create_task(asyncio.to_thread(self.firehose.stop)))
             tasks.extend(self._peer_watch.values())
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _bounded("background tasks", *tasks)
             with contextlib.suppress(StoreError):
                 await self.ingest.flush()
                 await self._flush_inbox()
                 await self._flush_acknowledgements()
                 await self.executor.call(self.store.release_lease, self.settings.controller_id)
             await self.session.stop()
-            await session_task
+            if not await _bounded("mqtt session", session_task):
+                session_task.cancel()
             # The correlation view scans the store: it stops before the store's thread does.
-            await asyncio.to_thread(self.coordinator.close)
+            await _bounded("correlation view", asyncio.create_task(asyncio.to_thread(self.coordinator.close)))
             self.executor.shutdown()
 
     async def stop(self) -> None:
@@ -592,6 +597,17 @@ class ControllerService:
             operator_reply_topics_refused=stats.reply_topics_refused,
             gateway_messages_refused=_summed(self.ingest.stats.refused, coordinator.stats.refused),
         )
+
+
+async def _bounded(stage: str, *tasks: asyncio.Task[object]) -> bool:
+    """Wait up to `STOP_STAGE_S` for `tasks`; False (and a log line naming them) when some did not end."""
+    _, pending = await asyncio.wait(tasks, timeout=STOP_STAGE_S)
+    for task in tasks:
+        if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+            log.warning("stopped with an error", stage=stage, task=task.get_name(), error=repr(error))
+    if pending:
+        log.error("did not stop in time", stage=stage, tasks=sorted(task.get_name() for task in pending))
+    return not pending
 
 
 def _summed(*sources: Mapping[tuple[str, str], int]) -> dict[tuple[str, str], int]:
