@@ -249,6 +249,12 @@ class RolloutPlanSummary(msgspec.Struct, frozen=True, kw_only=True):
     """Pages in all (device pages of every wave, then exclusion pages)."""
     image_size_bytes: int = 0
     estimated_duration_s: float = 0.0
+    memfault_devices: int = 0
+    """Devices of the software type the plan asked Memfault about."""
+    memfault_answered: int = 0
+    """Of those, how many had an answer for their current version when the plan was made."""
+    memfault_oldest_answer_age_s: float = 0.0
+    """Age of the oldest of those answers (Memfault's artifact links last 6 hours)."""
 
 
 class RolloutPlanPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -340,6 +346,9 @@ def paginate_plan(
         pages=len(pages),
         image_size_bytes=plan.image_size_bytes,
         estimated_duration_s=plan.estimated_duration_s,
+        memfault_devices=plan.memfault_devices,
+        memfault_answered=plan.memfault_answered,
+        memfault_oldest_answer_age_s=plan.memfault_oldest_answer_age_s,
     )
     return summary, pages
 
@@ -377,6 +386,9 @@ def assemble_plan(summary: RolloutPlanSummary, pages: Mapping[int, RolloutPlanPa
         excluded=excluded,
         image_size_bytes=summary.image_size_bytes,
         estimated_duration_s=summary.estimated_duration_s,
+        memfault_devices=summary.memfault_devices,
+        memfault_answered=summary.memfault_answered,
+        memfault_oldest_answer_age_s=summary.memfault_oldest_answer_age_s,
     )
 
 
