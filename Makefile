@@ -32,10 +32,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install mcufleet with its test extras
 
-system-deps: ## install mosquitto, prometheus, alertmanager and postgresql with apt-get when missing
+system-deps: ## install mosquitto, prometheus, alertmanager, postgresql and systemd (systemd-analyze) with apt-get when missing
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v node >/dev/null || missing="$$missing nodejs"; \
