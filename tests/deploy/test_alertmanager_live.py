@@ -25,30 +25,21 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
 from schemas import GateSpec, RolloutSpec, WaveSpec
-from simulator.cloud import CloudEmulator
 from simulator.device import FaultPlan
 from tests.deploy.test_alertmanager import ALERTMANAGER_CONFIG
 from tests.deploy.test_prometheus_live import (
-    AGENT_JOB,
     CONTROLLER_JOB,
     all_scraped,
     running_prometheus,
-    serving,
+    scraped_fleet,
 )
-from tests.harness.broker import MosquittoBroker
 from tests.harness.ports import free_tcp_port
 from tests.harness.ready_process import ready_process
 from tests.integration.test_rollout_e2e import create_and_start, registry_has
 from tests.integration.world import (
-    agent_settings,
-    operator_client,
     publish_release,
-    running_agent,
-    running_controller,
-    simulated_devices,
     wait_until,
 )
 
@@ -180,52 +171,32 @@ def firing(alertname: str, **labels: str) -> Callable[[str, Notification], bool]
 
 async def test_a_tripped_failure_gate_pages_the_on_call_with_the_rollouts_labels(tmp_path: Path) -> None:
     """A bad build pauses the rollout; its alert reaches the on-call webhook, labelled by rollout."""
-    broker = MosquittoBroker(tmp_path / "broker")
-    broker.start()
     serials = [f"DEV-{i}" for i in range(4)]
-    controller_registry, agent_registry = CollectorRegistry(), CollectorRegistry()
-    try:
-        async with (
-            CloudEmulator() as cloud,
-            simulated_devices(serials) as devices,
-            running_controller(
-                broker, cloud.base_url, f"sqlite:///{tmp_path / 'c.sqlite3'}", registry=controller_registry
-            ) as controller,
-            running_agent(
-                agent_settings(GATEWAY, broker, tmp_path / GATEWAY, list(devices.endpoints.values())),
-                registry=agent_registry,
-            ),
-            operator_client(broker) as client,
-            httpx.AsyncClient(timeout=10) as http,
-        ):
-            webhook = WebhookReceiver()
-            with (
-                webhook.serve(),
-                serving(controller_registry) as controller_target,
-                serving(agent_registry) as agent_target,
+    webhook = WebhookReceiver()
+    async with scraped_fleet(tmp_path, serials) as fleet:
+        cloud, devices, controller = fleet.cloud, fleet.devices, fleet.controller
+        client, http = fleet.client, fleet.http
+        targets, controller_target = fleet.targets, fleet.targets[CONTROLLER_JOB]
+        with webhook.serve():
+            async with (
+                running_alertmanager(tmp_path, webhook, http) as alertmanager,
+                running_prometheus(tmp_path, targets, http, alertmanager) as prometheus,
             ):
-                targets = {CONTROLLER_JOB: controller_target, AGENT_JOB: agent_target}
-                async with (
-                    running_alertmanager(tmp_path, webhook, http) as alertmanager,
-                    running_prometheus(tmp_path, targets, http, alertmanager) as prometheus,
-                ):
-                    await wait_until(lambda: all_scraped(http, prometheus, set(targets)), START_WAIT_S)
-                    publish_release(cloud, "1.1.0")
-                    for serial in serials:
-                        devices.device(serial).faults = FaultPlan(bad_build_versions=frozenset({"1.1.0"}))
-                    await wait_until(lambda: registry_has(controller, len(serials)))
-                    spec = RolloutSpec(
-                        software_type="app",
-                        target_version="1.1.0",
-                        waves=[WaveSpec(percent=50), WaveSpec(percent=100)],
-                        gates=GateSpec(failure_min_sample=2, failure_threshold=0.2),
-                    )
-                    await create_and_start(client, ROLLOUT, spec)
-                    notification = await webhook.arrival(
-                        firing("McufleetRolloutPausedByGate", rollout=ROLLOUT), DELIVERY_WAIT_S
-                    )
-    finally:
-        broker.crash()
+                await wait_until(lambda: all_scraped(http, prometheus, set(targets)), START_WAIT_S)
+                publish_release(cloud, "1.1.0")
+                for serial in serials:
+                    devices.device(serial).faults = FaultPlan(bad_build_versions=frozenset({"1.1.0"}))
+                await wait_until(lambda: registry_has(controller, len(serials)))
+                spec = RolloutSpec(
+                    software_type="app",
+                    target_version="1.1.0",
+                    waves=[WaveSpec(percent=50), WaveSpec(percent=100)],
+                    gates=GateSpec(failure_min_sample=2, failure_threshold=0.2),
+                )
+                await create_and_start(client, ROLLOUT, spec)
+                notification = await webhook.arrival(
+                    firing("McufleetRolloutPausedByGate", rollout=ROLLOUT), DELIVERY_WAIT_S
+                )
     path = next(p for p, n in webhook.received if n is notification)
     assert path == receiver_path("fleet-oncall") and notification["receiver"] == "fleet-oncall"
     assert notification["groupLabels"] == {"alertname": "McufleetRolloutPausedByGate", "rollout": ROLLOUT}

@@ -19,16 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import httpx
 import pytest
 import pytest_asyncio
 import yaml
 from prometheus_client import CollectorRegistry
 
+from controller.service import ControllerService
 from schemas import RolloutSpec, TopicKind, WaveSpec
 from service_runtime.metrics_http import MetricsServer
 from simulator.cloud import CloudEmulator
 from simulator.device import FaultPlan
+from simulator.server import FleetServer
 from tests.deploy.dashboards import (
     DASHBOARDS,
     PROMETHEUS,
@@ -246,13 +249,24 @@ class LiveRun:
         return result
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def live_run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LiveRun]:
-    """A rollout scraped by Prometheus, until every dashboard query has data (or DATA_WAIT_S)."""
-    tmp_path = tmp_path_factory.mktemp("prometheus-live")
+@dataclass
+class ScrapedFleet:
+    """A live world whose controller and agent serve `/metrics`: what a Prometheus test scrapes."""
+
+    cloud: CloudEmulator
+    devices: FleetServer
+    controller: ControllerService
+    client: aiomqtt.Client
+    http: httpx.AsyncClient
+    targets: dict[str, str]
+    """Prometheus job name -> host:port of its `/metrics`."""
+
+
+@contextlib.asynccontextmanager
+async def scraped_fleet(tmp_path: Path, serials: list[str]) -> AsyncIterator[ScrapedFleet]:
+    """Broker, emulator, simulated devices, a controller and an agent (both serving `/metrics`)."""
     broker = MosquittoBroker(tmp_path / "broker")
     broker.start()
-    serials = [f"DEV-{i}" for i in range(5)]
     controller_registry, agent_registry = CollectorRegistry(), CollectorRegistry()
     try:
         async with (
@@ -270,28 +284,43 @@ async def live_run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Li
         ):
             with serving(controller_registry) as controller_target, serving(agent_registry) as agent_target:
                 targets = {CONTROLLER_JOB: controller_target, AGENT_JOB: agent_target}
-                async with running_prometheus(tmp_path, targets, http) as prometheus:
-                    # Counters must be scraped before the rollout moves them, or increase() sees nothing.
-                    await wait_until(lambda: all_scraped(http, prometheus, set(targets)), START_WAIT_S)
-                    publish_release(cloud, "1.1.0")
-                    # One device reverts: the failure panels (outcomes, reasons, failure ratio) get data.
-                    devices.device(serials[0]).faults = FaultPlan(bad_build_versions=frozenset({"1.1.0"}))
-                    await wait_until(lambda: registry_has(controller, len(serials)))
-                    spec = RolloutSpec(
-                        software_type="app", target_version="1.1.0", waves=[WaveSpec(percent=100)]
-                    )
-                    await create_and_start(client, ROLLOUT, spec)
-                    # A malformed command: the agent rejects it, so the panel of rejected messages
-                    # reads a real series (its `or vector(0)` covers gateways that never rejected one).
-                    command_topic = TREE.topic(TopicKind.GATEWAY_COMMAND, gateway_id=GATEWAY)
-                    await client.publish(command_topic, b"{not a command", qos=1)
-                    preferred = {"instance": agent_target, "rollout": ROLLOUT, "gateway": GATEWAY}
-                    survey = Survey(prometheus, preferred)
-                    with contextlib.suppress(TimeoutError):  # the tests say what is missing
-                        await wait_until(lambda: survey.complete(http), timeout_s=DATA_WAIT_S, poll_s=1.0)
-                    yield LiveRun(http, prometheus, survey)
+                yield ScrapedFleet(cloud, devices, controller, client, http, targets)
     finally:
         broker.crash()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def live_run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LiveRun]:
+    """A rollout scraped by Prometheus, until every dashboard query has data (or DATA_WAIT_S)."""
+    tmp_path = tmp_path_factory.mktemp("prometheus-live")
+    serials = [f"DEV-{i}" for i in range(5)]
+    async with scraped_fleet(tmp_path, serials) as fleet:
+        cloud, devices, controller, client, http = (
+            fleet.cloud,
+            fleet.devices,
+            fleet.controller,
+            fleet.client,
+            fleet.http,
+        )
+        targets, agent_target = fleet.targets, fleet.targets[AGENT_JOB]
+        async with running_prometheus(tmp_path, targets, http) as prometheus:
+            # Counters must be scraped before the rollout moves them, or increase() sees nothing.
+            await wait_until(lambda: all_scraped(http, prometheus, set(targets)), START_WAIT_S)
+            publish_release(cloud, "1.1.0")
+            # One device reverts: the failure panels (outcomes, reasons, failure ratio) get data.
+            devices.device(serials[0]).faults = FaultPlan(bad_build_versions=frozenset({"1.1.0"}))
+            await wait_until(lambda: registry_has(controller, len(serials)))
+            spec = RolloutSpec(software_type="app", target_version="1.1.0", waves=[WaveSpec(percent=100)])
+            await create_and_start(client, ROLLOUT, spec)
+            # A malformed command: the agent rejects it, so the panel of rejected messages
+            # reads a real series (its `or vector(0)` covers gateways that never rejected one).
+            command_topic = TREE.topic(TopicKind.GATEWAY_COMMAND, gateway_id=GATEWAY)
+            await client.publish(command_topic, b"{not a command", qos=1)
+            preferred = {"instance": agent_target, "rollout": ROLLOUT, "gateway": GATEWAY}
+            survey = Survey(prometheus, preferred)
+            with contextlib.suppress(TimeoutError):  # the tests say what is missing
+                await wait_until(lambda: survey.complete(http), timeout_s=DATA_WAIT_S, poll_s=1.0)
+            yield LiveRun(http, prometheus, survey)
 
 
 async def test_every_query_parses_and_returns_data(live_run: LiveRun) -> None:
