@@ -308,6 +308,11 @@ class MqttSession:
             }
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                if all(task.get_name() == "mqtt-stop" for task in done):
+                    # Stopping: let the window collect the PUBACKs still due on this connection, or
+                    # closing it would put those messages back and the goodbye flush would send
+                    # them a second time.
+                    await self.flush(GOODBYE_TIMEOUT_S)
             finally:
                 for task in tasks:
                     task.cancel()
