@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 import httpx
 import msgspec
@@ -88,30 +89,50 @@ class _DeltaFlag(msgspec.Struct):
 _FLAG_DECODER = msgspec.json.Decoder(_DeltaFlag)
 
 
+FACTS_CHUNK: Final = 500
+"""Serials read per query by `read_facts` (below every database's bound on bound parameters)."""
+
+
 def read_facts(
-    store: FleetStore, software_type: str | None = None, serial: str | None = None
+    store: FleetStore,
+    software_type: str | None = None,
+    serial: str | None = None,
+    *,
+    serials: Sequence[str] | None = None,
 ) -> list[DeviceFacts]:
-    """The correlation facts of every device (of a software type, or one serial), on the store thread."""
+    """The correlation facts of every device (of a software type, one serial, or these serials).
+
+    Runs on the store thread. `serials` are read `FACTS_CHUNK` to a query, so the devices a step
+    dispatches cost a few queries, not one each.
+    """
     sql = (
         "SELECT d.serial, d.hardware_version, d.software_type, d.current_version, c.project_key, d.report"
         " FROM device d LEFT JOIN credential c ON c.serial = d.serial"
     )
-    params: list[object] = []
-    if software_type is not None:
-        sql += " WHERE d.software_type = ?"
-        params.append(software_type)
+    queries: list[tuple[str, list[object]]] = []
+    if serials is not None:
+        for start in range(0, len(serials), FACTS_CHUNK):
+            chunk = list(serials[start : start + FACTS_CHUNK])
+            marks = ", ".join("?" * len(chunk))
+            queries.append((f"{sql} WHERE d.serial IN ({marks})", list(chunk)))
+    elif software_type is not None:
+        queries.append((sql + " WHERE d.software_type = ?", [software_type]))
     elif serial is not None:
-        sql += " WHERE d.serial = ?"
-        params.append(serial)
+        queries.append((sql + " WHERE d.serial = ?", [serial]))
+    else:
+        queries.append((sql, []))
     facts: list[DeviceFacts] = []
-    for row in store.db.fetchall(sql + " ORDER BY d.serial", params):
-        try:
-            accepts_delta = _FLAG_DECODER.decode(bytes(row[5])).accepts_delta
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, TypeError):
-            accepts_delta = False  # an unreadable report declares nothing
-        facts.append(
-            DeviceFacts(str(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4] or ""), accepts_delta)
-        )
+    for query, params in queries:
+        for row in store.db.fetchall(query + " ORDER BY d.serial", params):
+            try:
+                accepts_delta = _FLAG_DECODER.decode(bytes(row[5])).accepts_delta
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, TypeError):
+                accepts_delta = False  # an unreadable report declares nothing
+            facts.append(
+                DeviceFacts(
+                    str(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4] or ""), accepts_delta
+                )
+            )
     return facts
 
 

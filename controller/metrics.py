@@ -101,6 +101,8 @@ class ControllerReadings:
     """Rollout id -> its reading, for rollouts with a plan."""
     operator_reply_topics_refused: int = 0
     """Operator requests refused unread: their response topic was outside the operator reply subtree."""
+    job_progress_dropped: int = 0
+    """Job progress dropped unread: too many jobs' progress already waited for the next step."""
     gateway_messages_refused: Mapping[tuple[str, str], int] = field(default_factory=dict)
     """(kind, reason) -> gateway messages not believed (foreign results, refused project keys)."""
 
@@ -262,6 +264,11 @@ def _rollouts(readings: ControllerReadings) -> Iterator[Family]:
         "mcufleet_controller_operator_reply_topics_refused",
         "Operator requests refused unread: their response topic was outside the operator reply subtree",
         value=readings.operator_reply_topics_refused,
+    )
+    yield CounterMetricFamily(
+        "mcufleet_controller_job_progress_dropped",
+        "Job progress dropped unread: too many jobs' progress already waited for the next step",
+        value=readings.job_progress_dropped,
     )
     per_rollout = GaugeMetricFamily(
         "mcufleet_controller_rollout_devices",

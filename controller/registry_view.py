@@ -9,9 +9,10 @@ device, decided by the pure correlation core (`correlation`); nothing here waits
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from controller.correlation import Excluded, Exclusion, Install, correlate
+from controller.correlation import DeviceFacts, Excluded, Exclusion, Install, correlate
 from controller.correlation_view import CorrelationView, Freshness, read_facts
 from controller.rollout_engine.model import Candidate, GatewayLink
 from controller.rollout_engine.versions import version_key
@@ -42,6 +43,8 @@ class RegistryView:
         self._refreshed_at = float("-inf")
         self.artifact_sizes: dict[str, int] = {}
         """Artifact size per offered version, learned while gathering candidates (for estimates)."""
+        self._prefetched: dict[str, DeviceFacts] = {}
+        """Facts read for the dispatches about to be resolved (each used once)."""
 
     def links(self, serial: str) -> tuple[GatewayLink, ...]:
         """The device's links as of the last refresh, with each gateway's current liveness."""
@@ -122,6 +125,22 @@ class RegistryView:
             )
         return candidates, view.freshness(facts)
 
+    async def prefetch(self, serials: Sequence[str]) -> None:
+        """Read the facts of devices about to be resolved in one store call (not one each).
+
+        The store thread also writes ingest batches: a read per dispatch queued behind them made
+        each dispatch wait for a batch, and a step of a thousand dispatches wait for a thousand.
+        """
+        missing = [serial for serial in serials if serial not in self._prefetched]
+        if not missing:
+            return
+        found = await self._executor.call(read_facts, self._store, serials=missing)
+        self._prefetched.update((fact.serial, fact) for fact in found)
+
+    def forget_prefetched(self) -> None:
+        """Drop facts read but not used (a step starts from the store again)."""
+        self._prefetched = {}
+
     async def resolve(self, serial: str, target_version: str, ran_hop: str = "") -> Resolution:
         """What a dispatch of `serial` sends, from the view's answer if it is fresh (never waits).
 
@@ -130,10 +149,12 @@ class RegistryView:
         just installed, when the device's report has not caught up yet.
         """
         view = self._correlation
-        found = await self._executor.call(read_facts, self._store, None, serial)
-        if not found:
-            return Resolution(None, "device unknown")
-        fact = found[0]
+        fact = self._prefetched.pop(serial, None)
+        if fact is None:
+            found = await self._executor.call(read_facts, self._store, None, serial)
+            if not found:
+                return Resolution(None, "device unknown")
+            fact = found[0]
         if ran_hop and version_key(fact.current_version) < version_key(ran_hop):
             fact = replace(fact, current_version=ran_hop)
         if outage := view.outage():

@@ -1,8 +1,9 @@
 """The rollout coordinator (leader only): joins the pure rollout machines to the store, Memfault and MQTT.
 
-One `step()` drains the store's inbox (operator requests, job results and progress), reacts to
-gateway births and deaths, ticks every running rollout, resolves fresh artifact URLs for the jobs
-it starts, and saves every machine, command, audit line, handled inbox item and reply in one
+One `step()` applies the job progress noted in memory since the last step (`note_progress`: it
+is liveness only and never stored), drains the store's inbox (operator requests and job results),
+reacts to gateway births and deaths, ticks every running rollout, resolves the artifacts of the
+jobs it starts (the devices' facts read in one query per batch of dispatches), and saves every machine, command, audit line, handled inbox item and reply in one
 transaction. Only then are state, plans, audit lines and replies published; commands leave through
 the store's outbox, so a crash anywhere re-sends, and the agent's job-id check makes that harmless.
 
@@ -77,6 +78,8 @@ log = structlog.get_logger("mcufleet.controller.rollouts")
 
 MAX_REMEMBERED_INBOX = 100_000
 """Decoded inbox messages kept in memory for the leader (beyond this, stored bytes are decoded)."""
+MAX_PENDING_PROGRESS = 100_000
+"""Jobs whose progress waits for the next step at most (memory bound under a flood)."""
 
 
 @dataclass
@@ -93,6 +96,8 @@ class CoordinatorStats:
     """Job events refused by (kind, reason), see `gateway_trust.REFUSAL_LABELS`."""
     reply_topics_refused: int = 0
     """Operator requests whose response topic was outside the operator reply subtree."""
+    progress_dropped: int = 0
+    """Job progress dropped because `MAX_PENDING_PROGRESS` jobs' progress already waited."""
 
 
 class _Refusal(NamedTuple):
@@ -159,6 +164,8 @@ class RolloutCoordinator:
         self._memfault_paused: dict[str, str] = {}
         """Rollouts whose dispatch waits for Memfault, with the reason shown in their state."""
         self._freshness_cache: tuple[float, Freshness | None] = (0.0, None)
+        self._progress: dict[tuple[str, str], JobProgress] = {}
+        """The latest progress per (sender, job) since the last step (see `note_progress`)."""
         self._ran_hop: dict[str, str] = {}
         """Devices that just installed a must-pass-through hop, with its version (until reported)."""
 
@@ -199,6 +206,18 @@ class RolloutCoordinator:
         await self.registry.refresh_gateways()
         log.info("rollouts loaded", count=len(self.machines))
 
+    def note_progress(self, progress: JobProgress, sender: str) -> None:
+        """Job progress, applied at the next step from memory (it is never stored).
+
+        Progress is liveness only: a lost one costs nothing the next one does not repair, so the
+        latest per job is kept and nothing is written. `sender` is the topic's gateway.
+        """
+        key = (sender, progress.job_id)
+        if key not in self._progress and len(self._progress) >= MAX_PENDING_PROGRESS:
+            self.stats.progress_dropped += 1
+            return
+        self._progress[key] = progress
+
     def remember_decoded(self, items: Iterable[tuple[int, object]]) -> None:
         """Keep messages this replica decoded under their inbox row ids (handled without decoding again)."""
         for row_id, message in items:
@@ -211,6 +230,10 @@ class RolloutCoordinator:
         self._lease_epoch = lease_epoch
         now = datetime.fromtimestamp(now_s, UTC)
         step = _Step()
+        self.registry.forget_prefetched()
+        progress, self._progress = self._progress, {}
+        for (sender, _), message in progress.items():
+            self._on_progress(message, sender, now, step)
         for item in await self._executor.call(self._store.inbox):
             step.handled.append(item.row_id)
             try:
@@ -256,16 +279,20 @@ class RolloutCoordinator:
             key = (message.outcome.value, message.reason.value)
             self.stats.jobs[key] = self.stats.jobs.get(key, 0) + 1
         elif isinstance(message, JobProgress):
-            if self._refused(RefusedKind.JOB_PROGRESS, item.sender, message, now, step):
-                return
-            machine = self._machine_of(message.rollout_id, message.job_id)
-            if machine is not None:
-                machine.on_progress(message.job_id, now)
-                step.changed.add(machine.rollout_id)
+            # Stored by a controller that predates in-memory progress (an upgrade's inbox).
+            self._on_progress(message, item.sender, now, step)
         elif isinstance(message, OperatorRequest):
             await self._operator(message, item.reply_topic, item.correlation, now, step)
         else:
             log.warning("unexpected inbox item", kind=item.kind, type=type(message).__name__)
+
+    def _on_progress(self, message: JobProgress, sender: str, now: datetime, step: _Step) -> None:
+        if self._refused(RefusedKind.JOB_PROGRESS, sender, message, now, step):
+            return
+        machine = self._machine_of(message.rollout_id, message.job_id)
+        if machine is not None:
+            machine.on_progress(message.job_id, now)
+            step.changed.add(machine.rollout_id)
 
     def _machine_of(self, rollout_id: str | None, job_id: str) -> RolloutMachine | None:
         """The rollout a job event belongs to: the one it names, else (old agents) the job's owner."""
@@ -532,6 +559,7 @@ class RolloutCoordinator:
         self, machine: RolloutMachine, effects: list[Effect], now: datetime, step: _Step
     ) -> None:
         step.changed.add(machine.rollout_id)
+        await self.registry.prefetch([effect.serial for effect in effects if isinstance(effect, Dispatch)])
         for effect in effects:
             match effect:
                 case Dispatch():

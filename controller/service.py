@@ -34,6 +34,7 @@ from schemas import (
     DeviceCredential,
     DeviceReport,
     GatewayPresence,
+    JobProgress,
     OfflineCause,
     OperatorReply,
     RebirthRequest,
@@ -65,7 +66,10 @@ STOP_STAGE_S = 8.0
 """How long shutdown waits for one stage (the firehose, the background tasks, the MQTT session):
 a part that does not stop in time is logged and left behind, so `run()` always returns and a
 SIGTERM never hangs the process (systemd would kill it mid-write otherwise)."""
-INBOX_KINDS = {TopicKind.JOB_RESULT, TopicKind.JOB_PROGRESS, TopicKind.OPERATOR_REQUEST}
+INBOX_KINDS = {TopicKind.JOB_RESULT, TopicKind.OPERATOR_REQUEST}
+"""Kinds queued in the store's inbox. Job progress is not: it is QoS 0 liveness (it moves a job's
+no-progress deadline), the leader takes it from memory at its next step and a standby drops it;
+storing six progress messages per job cost the store more than the results themselves."""
 
 
 class ControllerPresencePayloads:
@@ -312,6 +316,9 @@ class ControllerService:
                 self._on_peer_presence(payload)
         elif kind is TopicKind.DEVICE_CREDENTIAL and isinstance(payload, DeviceCredential):
             await self.ingest.add_credential(payload, message.route.gateway_id or "", self._wall_clock())
+        elif kind is TopicKind.JOB_PROGRESS and isinstance(payload, JobProgress):
+            if self.is_leader:
+                self.coordinator.note_progress(payload, message.route.gateway_id or "")
         elif kind in INBOX_KINDS:
             # The bytes as received (already validated by the session's decode): nothing re-encoded.
             raw = message.payload or channels.encode(payload)  # type: ignore[arg-type]
@@ -595,6 +602,7 @@ class ControllerService:
                 if machine.plan is not None
             },
             operator_reply_topics_refused=stats.reply_topics_refused,
+            job_progress_dropped=stats.progress_dropped,
             gateway_messages_refused=_summed(self.ingest.stats.refused, coordinator.stats.refused),
         )
 

@@ -73,6 +73,8 @@ class FakeGateway:
     version: str = "1.0.0"
     echo_rollout_id: bool = True
     """False: answer like an agent older than the rollout id in results (the controller looks it up)."""
+    working_s: float = 0.0
+    """Above 0: a job takes this long, with progress every eighth of it, before its result."""
     session: MqttSession | None = None
     commands: dict[str, int] = field(default_factory=dict)
     """OTA commands received per job id (more than 1 is a duplicate)."""
@@ -82,6 +84,7 @@ class FakeGateway:
     """Controller epochs the commands carried."""
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     _seq: int = 0
+    _working: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def duplicates(self) -> int:
@@ -139,23 +142,37 @@ class FakeGateway:
             self.rollout_ids.append(command.rollout_id)
             self.epochs.add(command.controller_epoch)
             self.changed.set()
-            if first:
+            if first and self.working_s > 0:
+                task = asyncio.get_running_loop().create_task(self._work(command))
+                self._working.add(task)
+                task.add_done_callback(self._working.discard)
+            elif first:
                 self._answer(command)
+
+    async def _work(self, command: OtaCommand) -> None:
+        for seq in range(1, 8):
+            self._progress(command, seq)
+            await asyncio.sleep(self.working_s / 8)
+        self._answer(command)
+
+    def _progress(self, command: OtaCommand, seq: int) -> None:
+        route = {"gateway_id": self.gateway_id, "job_id": command.job_id}
+        progress = JobProgress(
+            gateway_id=self.gateway_id,  # type: ignore[arg-type]
+            job_id=command.job_id,
+            device_serial=command.device_serial,
+            rollout_id=command.rollout_id if self.echo_rollout_id else None,
+            phase=JobPhase.UPLOADING,
+            seq=seq,
+            at=datetime.now(UTC),
+        )
+        self._send(self.tree.topic(TopicKind.JOB_PROGRESS, **route), channels.encode(progress))
 
     def _answer(self, command: OtaCommand) -> None:
         now = datetime.now(UTC)
         route = {"gateway_id": self.gateway_id, "job_id": command.job_id}
         rollout_id = command.rollout_id if self.echo_rollout_id else None
-        progress = JobProgress(
-            gateway_id=self.gateway_id,  # type: ignore[arg-type]
-            job_id=command.job_id,
-            device_serial=command.device_serial,
-            rollout_id=rollout_id,
-            phase=JobPhase.UPLOADING,
-            seq=1,
-            at=now,
-        )
-        self._send(self.tree.topic(TopicKind.JOB_PROGRESS, **route), channels.encode(progress))
+        self._progress(command, 8)
         result = JobResult(
             gateway_id=self.gateway_id,  # type: ignore[arg-type]
             job_id=command.job_id,

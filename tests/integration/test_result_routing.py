@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas import FlowSpec, GatewayId, RolloutState, RolloutStatus, Selector, TopicKind
+from schemas import FlowSpec, GatewayId, PhaseDeadlines, RolloutState, RolloutStatus, Selector, TopicKind
 from simulator.cloud import CloudEmulator
 from tests.harness.broker import MosquittoBroker
 from tests.integration.fake_gateway import FakeGateway, fake_gateway
@@ -60,3 +60,32 @@ async def test_two_rollouts_complete_with_results_from_new_and_old_agents(
     assert set(new.rollout_ids) == {"r-new"} and set(old.rollout_ids) == {"r-old"}
     assert new.duplicates == old.duplicates == 0
     assert refused == {}
+
+
+async def test_progress_keeps_a_long_job_alive_without_passing_through_the_store(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """Jobs that work three no-progress deadlines long, reporting progress, succeed and none times out.
+
+    Progress reaches the leader's machines from memory (it is never written to the inbox): were it
+    dropped, every job would be TIMED_OUT at its first no-progress deadline.
+    """
+    slow = FakeGateway("gw-slow", ["SLOW-0", "SLOW-1"], HARDWARE, PROJECT_KEY, TREE, working_s=4.5)
+    async with CloudEmulator() as cloud:
+        publish_release(cloud, "1.1.0")
+        async with (
+            running_controller(broker, cloud.base_url, f"sqlite:///{tmp_path / 'c.sqlite3'}") as controller,
+            fake_gateway(broker, slow),
+            operator_client(broker) as client,
+        ):
+            await wait_until(lambda: registry_has(controller, 2))
+            spec = single_wave(
+                flow=FlowSpec(max_in_flight=2, max_in_flight_per_gateway=2),
+                deadlines=PhaseDeadlines(no_progress_s=1.5, job_total_s=120),
+            )
+            await create_and_start(client, "r-slow", spec)
+            state = await latest(client, TopicKind.ROLLOUT_STATE, "r-slow", completed, timeout_s=30)
+            stored = await controller.executor.call(controller.store.inbox)
+    assert (state.counts.succeeded, state.counts.timed_out) == (2, 0), state.counts
+    assert slow.duplicates == 0
+    assert all(item.kind != TopicKind.JOB_PROGRESS.value for item in stored)
