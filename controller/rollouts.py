@@ -3,9 +3,10 @@
 One `step()` applies the job progress noted in memory since the last step (`note_progress`: it
 is liveness only and never stored), drains the store's inbox (operator requests and job results),
 reacts to gateway births and deaths, ticks every running rollout, resolves the artifacts of the
-jobs it starts (the devices' facts read in one query per batch of dispatches), and saves every machine, command, audit line, handled inbox item and reply in one
-transaction. Only then are state, plans, audit lines and replies published; commands leave through
-the store's outbox, so a crash anywhere re-sends, and the agent's job-id check makes that harmless.
+jobs it starts (the devices' facts read in one query per batch of dispatches), and saves every
+machine, command, audit line, handled inbox item and reply in one transaction. Only then are
+state, plans, audit lines and replies published; commands leave through the store's outbox, so a
+crash anywhere re-sends, and the agent's job-id check makes that harmless.
 
 A job result or progress counts only from the gateway the job was dispatched to (the topic it came
 on, see `gateway_trust`); any other is refused, counted and audited (once per gateway and job).

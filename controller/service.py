@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import time
 from collections.abc import Callable, Mapping
@@ -35,6 +36,7 @@ from schemas import (
     DeviceReport,
     GatewayPresence,
     JobProgress,
+    JobResult,
     OfflineCause,
     OperatorReply,
     RebirthRequest,
@@ -67,9 +69,12 @@ STOP_STAGE_S = 8.0
 a part that does not stop in time is logged and left behind, so `run()` always returns and a
 SIGTERM never hangs the process (systemd would kill it mid-write otherwise)."""
 INBOX_KINDS = {TopicKind.JOB_RESULT, TopicKind.OPERATOR_REQUEST}
-"""Kinds queued in the store's inbox. Job progress is not: it is QoS 0 liveness (it moves a job's
-no-progress deadline), the leader takes it from memory at its next step and a standby drops it;
-storing six progress messages per job cost the store more than the results themselves."""
+"""Kinds queued in the store's inbox (results come from the job-event connection, requests from
+the session). Job progress is not: it is QoS 0 liveness (it moves a job's no-progress deadline),
+the leader takes it from memory at its next step and a standby drops it; storing six progress
+messages per job cost the store more than the results themselves."""
+JOB_EVENT_BATCH = 5_000
+"""Job events decoded per turn of the event loop."""
 
 
 class ControllerPresencePayloads:
@@ -188,12 +193,7 @@ class ControllerService:
                 Subscription(self.tree.filter(TopicKind.CONTROLLER_PRESENCE), qos=1),
                 *(
                     Subscription(self.tree.filter(kind), qos=1, share_group=share)
-                    for kind in (
-                        TopicKind.DEVICE_CREDENTIAL,
-                        TopicKind.JOB_PROGRESS,
-                        TopicKind.JOB_RESULT,
-                        TopicKind.OPERATOR_REQUEST,
-                    )
+                    for kind in (TopicKind.DEVICE_CREDENTIAL, TopicKind.OPERATOR_REQUEST)
                 ),
             ],
             handler=self._on_message,
@@ -221,6 +221,25 @@ class ControllerService:
             on_ready=self.ingest.wake,
             metrics=self.mqtt_metrics,
         )
+        # Job results and progress, the other stream that grows with the fleet (a result and several
+        # progress messages per job), come on a connection and thread of their own too: on the
+        # asyncio session their MQTT 5 parsing and per-message loop round trips took half of the
+        # event loop at a few hundred results per second.
+        self._event_mqtt = dataclasses.replace(
+            self._report_mqtt, client_id=_event_client_id(settings.controller_id)
+        )
+        self.job_events = MqttFirehose(
+            self._event_mqtt,
+            tree=self.tree,
+            subscriptions=[
+                Subscription(self.tree.filter(TopicKind.JOB_RESULT), qos=1, share_group=share),
+                Subscription(self.tree.filter(TopicKind.JOB_PROGRESS), qos=0, share_group=share),
+            ],
+            on_ready=self._wake_job_events,
+            metrics=self.mqtt_metrics,
+        )
+        self._job_events_ready = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._inbox_ready = asyncio.Event()
         self._inbox_queue: list[tuple[tuple[str, bytes, str, bytes, float, str], object]] = []
@@ -254,14 +273,18 @@ class ControllerService:
         _, gen1, gen2 = gc.get_threshold()
         gc.set_threshold(self.settings.ingest.gc_gen0_threshold, gen1, gen2)
         # Reports first: a rebirth asked for over the session must find the report stream listening.
-        self.ingest.attach(_FirehoseReports(self.firehose), asyncio.get_running_loop())
+        self._loop = asyncio.get_running_loop()
+        self.ingest.attach(_FirehoseReports(self.firehose), self._loop)
         self.firehose.start()
+        self.job_events.start()
         await asyncio.to_thread(self.firehose.subscribed.wait, FIREHOSE_WAIT_S)
+        await asyncio.to_thread(self.job_events.subscribed.wait, FIREHOSE_WAIT_S)
         session_task = asyncio.create_task(self.session.run(), name="mqtt-session")
         tasks = [
             asyncio.create_task(self.ingest.run(), name="ingest"),
             asyncio.create_task(self._hold_lease(), name="lease"),
             asyncio.create_task(self._schedule(), name="scheduler"),
+            asyncio.create_task(self._take_job_events(), name="job-events"),
             asyncio.create_task(self._write_inbox(), name="inbox-writer"),
             asyncio.create_task(self._write_acknowledgements(), name="outbox-acks"),
             asyncio.create_task(self._watchdog(), name="watchdog"),
@@ -270,14 +293,20 @@ class ControllerService:
             await self._stop.wait()
         finally:
             self._notifier.stopping()
-            # Reports stop arriving first, so the last flush below writes everything received.
-            await _bounded("firehose", asyncio.create_task(asyncio.to_thread(self.firehose.stop)))
+            # Reports and job events stop arriving first, so the last flush below writes everything
+            # received.
+            await _bounded(
+                "firehose",
+                asyncio.create_task(asyncio.to_thread(self.firehose.stop)),
+                asyncio.create_task(asyncio.to_thread(self.job_events.stop)),
+            )
             tasks.extend(self._peer_watch.values())
             for task in tasks:
                 task.cancel()
             await _bounded("background tasks", *tasks)
             with contextlib.suppress(StoreError):
                 await self.ingest.flush()
+                self._queue_job_events()
                 await self._flush_inbox()
                 await self._flush_acknowledgements()
                 await self.executor.call(self.store.release_lease, self.settings.controller_id)
@@ -316,9 +345,6 @@ class ControllerService:
                 self._on_peer_presence(payload)
         elif kind is TopicKind.DEVICE_CREDENTIAL and isinstance(payload, DeviceCredential):
             await self.ingest.add_credential(payload, message.route.gateway_id or "", self._wall_clock())
-        elif kind is TopicKind.JOB_PROGRESS and isinstance(payload, JobProgress):
-            if self.is_leader:
-                self.coordinator.note_progress(payload, message.route.gateway_id or "")
         elif kind in INBOX_KINDS:
             # The bytes as received (already validated by the session's decode): nothing re-encoded.
             raw = message.payload or channels.encode(payload)  # type: ignore[arg-type]
@@ -333,6 +359,42 @@ class ControllerService:
             )
             self._inbox_queue.append((row, payload))
             self._inbox_queued.set()
+
+    def _wake_job_events(self) -> None:
+        """The job-event connection's queue stopped being empty (paho's thread)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._job_events_ready.set)
+
+    async def _take_job_events(self) -> None:
+        """Results into the inbox queue, progress to the leader's memory, a batch per wake-up."""
+        while True:
+            await self._job_events_ready.wait()
+            self._job_events_ready.clear()
+            self._queue_job_events()
+            # Give the loop back between batches: a burst never starves the scheduler or the session.
+            await asyncio.sleep(0)
+
+    def _queue_job_events(self) -> None:
+        for route, message, _ in self.job_events.drain(JOB_EVENT_BATCH):
+            sender = route.gateway_id or ""
+            if isinstance(message, JobProgress):
+                # Progress is liveness for the leader only: a standby has nobody to tell.
+                if self.is_leader:
+                    self.coordinator.note_progress(message, sender)
+            elif isinstance(message, JobResult):
+                # The topic's gateway is what the broker ACL vouches for, not the payload's id.
+                row = (
+                    TopicKind.JOB_RESULT.value,
+                    channels.encode(message),
+                    "",
+                    b"",
+                    self._wall_clock(),
+                    sender,
+                )
+                self._inbox_queue.append((row, message))
+                self._inbox_queued.set()
+        if self.job_events.queued:
+            self._job_events_ready.set()
 
     async def _write_inbox(self) -> None:
         """Write queued job events and requests to the store in batches (one transaction each)."""
@@ -420,6 +482,9 @@ class ControllerService:
         discarded = await asyncio.to_thread(discard_session, self._report_mqtt, _report_client_id(peer))
         if not discarded:
             return
+        # Its share of the job events goes too: results queued there would otherwise wait for a
+        # peer that is not coming back (their jobs then end by their deadlines, as a lost result does).
+        await asyncio.to_thread(discard_session, self._event_mqtt, _event_client_id(peer))
         self.peer_sessions_discarded += 1
         self._peers_sharing.discard(peer)
         self.ingest.set_shared(bool(self._peers_sharing))
@@ -442,6 +507,8 @@ class ControllerService:
     async def _schedule(self) -> None:
         interval_s = self.settings.scheduler.tick_interval_s
         while True:
+            # Cleared before the step, not after: what arrives during a step wakes the next at once.
+            self._inbox_ready.clear()
             epoch = self.lease_epoch
             if epoch is not None:
                 try:
@@ -460,7 +527,6 @@ class ControllerService:
                     # The step's changes were taken from the machines but not saved: start again from
                     # the store (its inbox items are still there), never from a memory that is ahead.
                     self._loaded_epoch = None
-            self._inbox_ready.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._inbox_ready.wait(), interval_s)
 
@@ -630,6 +696,11 @@ def _summed(*sources: Mapping[tuple[str, str], int]) -> dict[tuple[str, str], in
 def _report_client_id(controller_id: str) -> str:
     """The client id of a replica's report connection (stable: its session outlives a reconnect)."""
     return f"{controller_id}-reports"
+
+
+def _event_client_id(controller_id: str) -> str:
+    """The client id of a replica's job-event connection (stable, like the report connection's)."""
+    return f"{controller_id}-events"
 
 
 class _FirehoseReports:
