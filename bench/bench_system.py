@@ -8,7 +8,7 @@ Every part runs in its own process, as in the field:
 - the Memfault cloud emulator over loopback HTTP, serving release 1.1.0 to every device, with a
   per-device rate limit (`MEMFAULT_PER_DEVICE_PER_MINUTE`);
 - `mcufleet controller --config controller.toml` on SQLite, its Memfault rate raised to
-  `MEMFAULT_REQUESTS_PER_S` (everything else the shipped defaults);
+  `MEMFAULT_REQUESTS_PER_S` and `MEMFAULT_MAX_CONCURRENCY` (everything else the shipped defaults);
 - fake gateways (`bench.fake_gateways`): up to ten processes, each playing many gateways with
   paho, publishing births, retained reports and credentials and answering every OTA command with
   progress and a succeeded result, as agents do.
@@ -100,8 +100,10 @@ SHIPPED_BROKER_CONF: Final = Path(__file__).resolve().parents[1] / "deploy" / "m
 TARGET: Final = "1.1.0"
 MEMFAULT_PER_DEVICE_PER_MINUTE: Final = 6
 """Latest-release requests the emulator allows per device a minute (a plan and a dispatch need two)."""
-MEMFAULT_REQUESTS_PER_S: Final = 1000.0
+MEMFAULT_REQUESTS_PER_S: Final = 3000.0
 """The controller's Memfault rate (the shipped 20/s would make the cold plan of 10k last 500 s)."""
+MEMFAULT_MAX_CONCURRENCY: Final = 32
+"""Memfault queries in flight (the shipped 8 cap a cold 100k plan at 8 / latency)."""
 MAX_IN_FLIGHT_PER_GATEWAY: Final = 16
 GATEWAY_PROCESSES_MAX: Final = 10
 REQUEST_TIMEOUT_S: Final = 60.0
@@ -308,7 +310,11 @@ class World:
             controller_id="controller-1",
             mqtt=MqttConfig(host=self.broker.host, port=self.broker.port, username=""),
             store=StoreConfig(url=self.store_url),
-            memfault=MemfaultConfig(base_url=self.cloud_url, requests_per_s=MEMFAULT_REQUESTS_PER_S),
+            memfault=MemfaultConfig(
+                base_url=self.cloud_url,
+                requests_per_s=MEMFAULT_REQUESTS_PER_S,
+                max_concurrency=MEMFAULT_MAX_CONCURRENCY,
+            ),
             metrics=MetricsConfig(enabled=True, port=self.metrics_port),
             log=LogConfig(level="warning"),
         )

@@ -10,7 +10,8 @@ own limits apply: `max_concurrency` requests in flight, a global `requests_per_s
 every query while a `Retry-After` runs. An outage (every query failing) is reported by `outage()`
 and clears by itself with the first answer; nothing is counted against any device meanwhile.
 Readers (planning, dispatch, metrics) only read the answers; none waits on Memfault, except a
-planning task that may wait up to `plan_wait_s` beside the scheduler for the devices it plans.
+planning task that waits beside the scheduler for the devices it plans while answers keep coming
+(at most `plan_wait_s` without one, `plan_wait_max_s` in all).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import structlog
 from controller.correlation import DeviceFacts
 from controller.errors import MemfaultRateLimited, MemfaultUnavailable
 from controller.memfault import MemfaultClient
+from controller.memfault_transport import PooledAiohttpTransport
 from controller.releases import DeviceQuery, ReleaseAnswer, Unanswered
 from controller.store.executor import StoreExecutor
 from controller.store.fleet_store import FleetStore
@@ -52,7 +54,9 @@ class CorrelationSettings:
     outage_retry_s: float = 5.0
     """How soon a query that met an outage is tried again (at least the server's Retry-After)."""
     plan_wait_s: float = 30.0
-    """How long a planning task waits for the devices it plans to be answered."""
+    """How long a planning task waits with no new answer for the devices it plans."""
+    plan_wait_max_s: float = 600.0
+    """How long a planning task waits for its devices' answers in all."""
     plan_max_age_s: float = 600.0
     """A plan uses answers younger than this (a release activated since shows up); older are asked again."""
     dispatch_max_age_s: float = 300.0
@@ -256,11 +260,20 @@ class CorrelationView:
             ]
         return Freshness(len(chosen), len(ages), max(ages, default=0.0))
 
-    def ensure(self, facts: Sequence[DeviceFacts], max_age_s: float, timeout_s: float) -> bool:
+    def ensure(
+        self,
+        facts: Sequence[DeviceFacts],
+        max_age_s: float,
+        stall_timeout_s: float,
+        max_wait_s: float | None = None,
+    ) -> bool:
         """Ask for every device without a recent answer for its facts, then wait for them all.
 
         Blocks (run it in a worker thread) until each device with a key has an answer for its facts
-        younger than `max_age_s`, or `timeout_s` passes; returns whether they all have.
+        younger than `max_age_s`; returns whether they all have. It gives up when no new answer
+        came for `stall_timeout_s`, or after `max_wait_s` in all (default: `stall_timeout_s`): a
+        cold 100k fleet takes minutes at Memfault's rate, and a plan made after a fixed wait would
+        exclude most of it, while a Memfault that stopped answering ends the wait quickly.
         """
         wanted = [fact for fact in facts if fact.project_key]
         since = self._clock() - max_age_s
@@ -283,8 +296,14 @@ class CorrelationView:
                 pending.popleft()
             return not pending
 
+        # Real time, not the view's clock: this is how long a thread blocks, as Condition counts it.
+        deadline_s = time.monotonic() + (stall_timeout_s if max_wait_s is None else max_wait_s)
         with self._lock:
-            return self._lock.wait_for(done, timeout_s)
+            while not done():
+                budget_s = min(stall_timeout_s, deadline_s - time.monotonic())
+                if budget_s <= 0 or not self._lock.wait_for(_shrinks(done, pending), budget_s):
+                    return done()
+            return True
 
     def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
         """Block until `predicate()` holds, checked whenever an answer or an outage is noted."""
@@ -436,6 +455,12 @@ class CorrelationView:
             self._enqueue(due)
 
 
+def _shrinks(done: Callable[[], bool], pending: deque[DeviceFacts]) -> Callable[[], bool]:
+    """A wait predicate: everything answered, or at least one more answer than now."""
+    left = len(pending)
+    return lambda: done() or len(pending) < left
+
+
 def _device_failure(error: MemfaultUnavailable) -> Unanswered:
     """One device's lasting failure as an answer (`http_500`, or `transport_error`)."""
     message = str(error)
@@ -445,10 +470,12 @@ def _device_failure(error: MemfaultUnavailable) -> Unanswered:
 
 
 def _own_client(like: MemfaultClient) -> MemfaultClient:
-    """A client for the view's loop with `like`'s settings."""
+    """A client for the view's loop with `like`'s settings, on aiohttp's pool unless one was injected."""
     settings = like.settings
+    max_connections = max(2, settings.max_concurrency * 2)
+    transport = like.transport or PooledAiohttpTransport(max_connections)
     http = httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=max(2, settings.max_concurrency * 2)), transport=like.transport
+        limits=httpx.Limits(max_connections=max_connections), transport=transport, follow_redirects=False
     )
     return MemfaultClient(settings, http)
 

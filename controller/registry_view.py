@@ -85,14 +85,17 @@ class RegistryView:
         """Every device of `software_type`, with what it would get towards `target_version`.
 
         The devices are handed to the correlation view, and this waits (beside the scheduler, at
-        most `plan_wait_s`) for their answers; a device still unanswered is excluded with why.
+        most `plan_wait_s` with no new answer, `plan_wait_max_s` in all) for their answers; a device
+        still unanswered is excluded with why.
         """
         await self.refresh_gateways()
         await self.refresh_links(float("inf"), 0.0)
         facts = await self._executor.call(read_facts, self._store, software_type)
         view = self._correlation
         settings = view.settings
-        await asyncio.to_thread(view.ensure, facts, settings.plan_max_age_s, settings.plan_wait_s)
+        await asyncio.to_thread(
+            view.ensure, facts, settings.plan_max_age_s, settings.plan_wait_s, settings.plan_wait_max_s
+        )
         candidates: list[Candidate] = []
         for fact in facts:
             standing = view.answer(fact.serial)

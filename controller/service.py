@@ -160,6 +160,7 @@ class ControllerService:
                 refresh_after_s=settings.memfault.refresh_after_s,
                 plan_max_age_s=settings.memfault.plan_max_age_s,
                 plan_wait_s=settings.memfault.plan_wait_s,
+                plan_wait_max_s=settings.memfault.plan_wait_max_s,
                 dispatch_max_age_s=settings.memfault.dispatch_max_age_s,
             ),
         )

@@ -50,7 +50,10 @@ class MemfaultConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     plan_max_age_s: PositiveSeconds = 600.0
     """A plan uses answers younger than this; older ones are asked again before planning."""
     plan_wait_s: PositiveSeconds = 30.0
-    """How long a plan waits (beside the scheduler) for the answers it needs."""
+    """How long a plan waits (beside the scheduler) with no new answer for the devices it plans."""
+    plan_wait_max_s: PositiveSeconds = 600.0
+    """How long a plan waits for its devices' answers in all (a cold fleet is answered at
+    `requests_per_s`, so a plan of 100k waits minutes; devices still unanswered are excluded)."""
     dispatch_max_age_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
     """A dispatch uses an answer younger than this; an older one is asked again first (0: always)."""
     allowed_project_keys: tuple[Annotated[str, msgspec.Meta(min_length=1)], ...] = ()
