@@ -298,6 +298,10 @@ class MqttSession:
                 await client.subscribe(self._presence.topic, qos=1)
             self.connected.set()
             self._metrics.connected.set(1)
+            if self._presence is not None and self._birth().payload != self._last_birth:
+                # Its content changed while it was being published (a controller became the
+                # leader then, and `refresh_birth` found no connection yet): the newer one goes too.
+                self.refresh_birth()
             if self._on_connected is not None:
                 self._on_connected(epoch)
             log.info("mqtt connected", client_id=self.settings.client_id, epoch=epoch)

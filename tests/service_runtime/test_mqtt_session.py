@@ -14,6 +14,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
 
 from schemas import (
+    ControllerId,
+    ControllerPresence,
     GatewayPresence,
     OfflineCause,
     OtaCommand,
@@ -215,3 +217,53 @@ async def test_a_stale_will_does_not_mark_a_newer_session_offline(broker: Mosqui
             assert (retained.message.epoch, retained.message.online) == (new.epoch, True)
     finally:
         stale.socket().close()  # type: ignore[union-attr]
+
+
+@dataclass
+class LeadershipDuringConnect:
+    """A controller's presence that wins the lease while its first birth is being published."""
+
+    topic: str = TREE.topic(TopicKind.CONTROLLER_PRESENCE, controller_id="ctl-a")
+    leader: bool = False
+
+    def _presence(self, epoch: int, online: bool, cause: OfflineCause) -> bytes:
+        return channels.encode(
+            ControllerPresence(
+                controller_id=ControllerId("ctl-a"),
+                epoch=epoch,
+                online=online,
+                cause=cause,
+                leader=online and self.leader,
+            )
+        )
+
+    def birth(self, epoch: int) -> bytes:
+        payload = self._presence(epoch, True, OfflineCause.NONE)
+        # The lease is won now: `refresh_birth` is called before the session counts as connected.
+        self.leader = True
+        return payload
+
+    def will(self, epoch: int) -> bytes:
+        return self._presence(epoch, False, OfflineCause.WILL)
+
+    def goodbye(self, epoch: int) -> bytes:
+        return self._presence(epoch, False, OfflineCause.SHUTDOWN)
+
+
+async def test_a_birth_that_changed_while_it_was_published_is_published_again(
+    broker: MosquittoBroker,
+) -> None:
+    """Leadership won during the connect reaches the retained presence (no lost update)."""
+    presence = LeadershipDuringConnect()
+    session = make_session(broker, "ctl-a", Recorder(), presence=presence)  # type: ignore[arg-type]
+    session.refresh_birth()  # not connected yet: a no-op, as when the lease task wins first
+    async with running(session):
+        late = Recorder()
+        subscriptions = (Subscription(TREE.filter(TopicKind.CONTROLLER_PRESENCE)),)
+        async with running(make_session(broker, "late", late, subscriptions=subscriptions)):
+            while True:
+                retained = await asyncio.wait_for(late.inbound.get(), WAIT_S)
+                assert isinstance(retained.message, ControllerPresence)
+                if retained.message.leader:
+                    break
+        assert retained.message.epoch == session.epoch
