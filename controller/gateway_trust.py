@@ -44,6 +44,7 @@ class RefusedKind(enum.StrEnum):
     JOB_RESULT = "job_result"
     JOB_PROGRESS = "job_progress"
     DEVICE_CREDENTIAL = "device_credential"
+    DEVICE_REPORT = "device_report"
 
 
 REFUSAL_LABELS: Final[tuple[tuple[str, str], ...]] = tuple(
@@ -51,6 +52,7 @@ REFUSAL_LABELS: Final[tuple[tuple[str, str], ...]] = tuple(
     for kind, reasons in (
         (RefusedKind.JOB_RESULT, (RefusalReason.TOPIC_MISMATCH, RefusalReason.FOREIGN_JOB)),
         (RefusedKind.JOB_PROGRESS, (RefusalReason.TOPIC_MISMATCH, RefusalReason.FOREIGN_JOB)),
+        (RefusedKind.DEVICE_REPORT, (RefusalReason.TOPIC_MISMATCH,)),
         (
             RefusedKind.DEVICE_CREDENTIAL,
             (

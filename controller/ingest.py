@@ -1,13 +1,15 @@
 """The registry's ingest path: device reports, credentials and presence from every gateway, into the store.
 
-Device reports wait in their source's queue (the firehose: raw messages queued by its network
-thread) and credentials in this object's queue. When either stops being empty the writer lets a
-burst gather for `linger_s`, then drains both on the store thread a batch at a time: decode,
+Device reports and credentials wait in their source's queue (the firehose: raw messages queued by
+its network thread, in the order each gateway sent them). When it stops being empty the writer
+lets a burst gather for `linger_s`, then drains it on the store thread a batch at a time: decode,
 sequence check, trust rules and one transaction per batch holding the credentials and the reports
-together, so the event loop never touches a report and a credential costs no commit of its own.
+together, so the event loop never touches either and a credential costs no commit of its own.
+Both are fleet-sized streams (a rebirth of 100k devices sends 100k of each): on the asyncio session
+the credentials alone kept its event loop busy past the broker's keepalive.
 
 A report naming a project key the store does not hold yet waits `key_wait_s` for its credential
-(credentials travel on another subscription and may arrive after the report, or at another
+(a gateway sends the credential first, but with a shared subscription it may reach another
 replica). Only when the wait ends without a key, in this replica's memory or in the shared store,
 is it counted and its gateway asked for a rebirth, once per device: credentials are never retained,
 so one sent while no controller listened comes back only through a rebirth, and storing the device
@@ -27,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ from controller.rebirth_limit import RebirthLimiter
 from controller.store.executor import StoreExecutor
 from controller.store.fleet_store import FleetStore, PendingKeyChange
 from schemas import AuditEvent, DeviceCredential, DeviceReport, GatewayPresence, channels
+from schemas.topics import Route
 
 log = structlog.get_logger("mcufleet.controller.ingest")
 
@@ -49,8 +51,6 @@ AUDITED_REFUSALS_KEPT: Final = 100_000
 
 HOUSEKEEPING_S: Final = 0.5
 """How often expired key waits and rebirths held back by the buckets are looked at while idle."""
-MAX_QUEUED_CREDENTIALS: Final = 1_000_000
-"""Credentials waiting for a batch at most (memory bound under a flood)."""
 MAX_AWAITING_KEYS: Final = 1_000_000
 """Devices waiting for a key at most (memory bound under hostile reports)."""
 
@@ -69,8 +69,6 @@ class IngestStats:
     """Rebirth requests the buckets held back (each sent later, once, or merged into another)."""
     credentials_received: int = 0
     credentials_saved: int = 0
-    credentials_dropped: int = 0
-    """Credentials dropped because `MAX_QUEUED_CREDENTIALS` were already waiting."""
     keys_awaited: int = 0
     """Reports whose project key was not known when they arrived (each then waited for it)."""
     keys_missing: int = 0
@@ -81,16 +79,16 @@ class IngestStats:
     """Refused gateway messages by (kind, reason), see `gateway_trust.REFUSAL_LABELS`."""
 
 
-class ReportSource(Protocol):
-    """Where device reports wait until the writer drains them."""
+class IngestSource(Protocol):
+    """Where device reports and credentials wait until the writer drains them (the firehose)."""
 
-    def drain_reports(self, limit: int) -> list[tuple[DeviceReport, bool]]:
-        """Up to `limit` queued (report, retained) pairs, oldest first; bad ones already dropped."""
+    def drain(self, limit: int) -> list[tuple[Route, object, bool]]:
+        """Up to `limit` queued (route, decoded message, retained), oldest first; bad ones dropped."""
         ...
 
     @property
     def queued(self) -> int:
-        """Messages still waiting (including ones `drain_reports` will drop)."""
+        """Messages still waiting."""
         ...
 
 
@@ -122,6 +120,7 @@ class Ingest:
         *,
         request_rebirth: Callable[[str], None],
         monotonic: Callable[[], float],
+        wall_clock: Callable[[], float],
         max_batch: int = 5000,
         linger_s: float = 0.05,
         key_wait_s: float = 15.0,
@@ -135,6 +134,7 @@ class Ingest:
         self._executor = executor
         self._request_rebirth = request_rebirth
         self._monotonic = monotonic
+        self._wall_clock = wall_clock
         self._max_batch = max_batch
         self._linger_s = linger_s
         self._key_wait_s = key_wait_s
@@ -143,13 +143,12 @@ class Ingest:
             fleet_per_s=rebirth_fleet_per_s,
             fleet_burst=rebirth_fleet_burst,
         )
-        self._source: ReportSource | None = None
+        self._source: IngestSource | None = None
         # Sequence, key-wait and rebirth state is touched by the store thread (batches) and the loop
-        # (presence, credentials): one lock guards it.
+        # (presence): one lock guards it.
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = asyncio.Event()
-        self._credentials: deque[_Offered] = deque()
         self._wanted: dict[str, tuple[str, bool]] = {}
         """Gateways owed a rebirth, with why and whether only the fleet bucket applies (insertion
         order is fairness)."""
@@ -168,8 +167,8 @@ class Ingest:
         self.on_presence: list[Callable[[GatewayPresence], None]] = []
         """Listeners told about every accepted presence change (the scheduler reroutes on deaths)."""
 
-    def attach(self, source: ReportSource, loop: asyncio.AbstractEventLoop) -> None:
-        """Read reports from `source`; `loop` runs the writer. Call before the source starts."""
+    def attach(self, source: IngestSource, loop: asyncio.AbstractEventLoop) -> None:
+        """Read reports and credentials from `source`; `loop` runs the writer. Call before it starts."""
         self._source = source
         self._loop = loop
 
@@ -206,7 +205,7 @@ class Ingest:
                 await self._executor.call(self._housekeep)
 
     def _has_work(self) -> bool:
-        return bool(self._credentials) or (self._source is not None and self._source.queued > 0)
+        return self._source is not None and self._source.queued > 0
 
     async def flush(self) -> None:
         """Write every queued report and credential now (also on shutdown, after `run` was cancelled)."""
@@ -215,11 +214,7 @@ class Ingest:
 
     def _apply_batch(self) -> None:
         """On the store thread: drain one batch, check it and write it in one transaction."""
-        with self._lock:
-            offered = [
-                self._credentials.popleft() for _ in range(min(self._max_batch, len(self._credentials)))
-            ]
-        drained = self._source.drain_reports(self._max_batch) if self._source is not None else []
+        drained, offered = self._sort(self._source.drain(self._max_batch) if self._source else [])
         batch = [report for report, _ in drained]
         with self._store.db.transaction():
             decisions = self._decide(offered)
@@ -227,7 +222,7 @@ class Ingest:
                 decisions.saved, decisions.pending, decisions.pending_keys, batch
             )
             if decisions.audit:
-                self._store.append_audit(decisions.audit, offered[0].at_s)
+                self._store.append_audit(decisions.audit, self._wall_clock())
         self._after_commit(decisions)
         now_s = self._monotonic()
         with self._lock:
@@ -252,6 +247,35 @@ class Ingest:
             self.stats.reports_applied += applied
             self.stats.last_batch_size = len(batch)
         self._housekeep(now_s)
+
+    def _sort(
+        self, messages: list[tuple[Route, object, bool]]
+    ) -> tuple[list[tuple[DeviceReport, bool]], list[_Offered]]:
+        """Reports (with their retained flag) and credentials, each from the gateway of its topic."""
+        reports: list[tuple[DeviceReport, bool]] = []
+        offered: list[_Offered] = []
+        at_s = self._wall_clock()
+        for route, message, retained in messages:
+            sender = route.gateway_id or ""
+            if isinstance(message, DeviceReport):
+                if message.gateway_id == sender:
+                    reports.append((message, retained))
+                    continue
+                # The topic is what the broker's ACL vouches for: a report naming another gateway is
+                # not believed (counted; logged once per gateway and device).
+                key = (RefusedKind.DEVICE_REPORT.value, RefusalReason.TOPIC_MISMATCH.value)
+                with self._lock:
+                    self.stats.refused[key] = self.stats.refused.get(key, 0) + 1
+                if self._first_refusal(sender, message.device_serial, RefusalReason.TOPIC_MISMATCH):
+                    log.warning(
+                        "report refused: names another gateway",
+                        gateway=sender,
+                        claimed=message.gateway_id,
+                        device=message.device_serial,
+                    )
+            elif isinstance(message, DeviceCredential):
+                offered.append(_Offered(message, sender, at_s))
+        return reports, offered
 
     def _housekeep(self, now_s: float | None = None) -> None:
         """On the store thread: end expired key waits, then send the rebirths the buckets allow."""
@@ -429,23 +453,6 @@ class Ingest:
                 del sequence[key]
         for listener in self.on_presence:
             listener(presence)
-
-    async def add_credential(self, credential: DeviceCredential, sender: str, now_s: float) -> None:
-        """Queue a project key for the next batch: it passes the trust rules and is saved with the reports.
-
-        Only its fingerprint ever leaves the store.
-        `sender` is the gateway whose topic carried the credential; `now_s` dates an audit line.
-        """
-        with self._lock:
-            if len(self._credentials) >= MAX_QUEUED_CREDENTIALS:
-                # A flood the store cannot absorb: the gateway sends the key again with its next rebirth.
-                self.stats.credentials_dropped += 1
-                log.warning("credential dropped: queue full", gateway=sender, device=credential.device_serial)
-                return
-            was_empty = not self._credentials
-            self._credentials.append(_Offered(credential, sender, now_s))
-        if was_empty:
-            self._ready.set()
 
     def _first_refusal(self, sender: str, serial: str, reason: RefusalReason) -> bool:
         """Whether this (gateway, device, reason) refusal is new to this process (then it is audited)."""

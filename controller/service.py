@@ -32,8 +32,6 @@ from controller.store.executor import StoreExecutor
 from controller.store.fleet_store import FleetStore, PendingCommand
 from schemas import (
     ControllerPresence,
-    DeviceCredential,
-    DeviceReport,
     GatewayPresence,
     JobProgress,
     JobResult,
@@ -140,6 +138,7 @@ class ControllerService:
             self.executor,
             request_rebirth=self._request_rebirth,
             monotonic=monotonic,
+            wall_clock=wall_clock,
             max_batch=settings.ingest.max_batch,
             linger_s=settings.ingest.linger_s,
             key_wait_s=settings.ingest.key_wait_s,
@@ -194,7 +193,7 @@ class ControllerService:
                 Subscription(self.tree.filter(TopicKind.CONTROLLER_PRESENCE), qos=1),
                 *(
                     Subscription(self.tree.filter(kind), qos=1, share_group=share)
-                    for kind in (TopicKind.DEVICE_CREDENTIAL, TopicKind.OPERATOR_REQUEST)
+                    for kind in (TopicKind.OPERATOR_REQUEST,)
                 ),
             ],
             handler=self._on_message,
@@ -204,8 +203,8 @@ class ControllerService:
                 self.tree, settings.controller_id, lambda: self.lease_epoch is not None
             ),
         )
-        # Device reports are the one high-volume stream (a fleet's rebirth after a broker restart):
-        # they arrive on their own connection and thread.
+        # Device reports and credentials are the high-volume inbound stream (a fleet's rebirth after a
+        # broker restart): they arrive on their own connection and thread, in each gateway's order.
         self._report_mqtt = MqttSettings(
             mqtt.host,
             mqtt.port,
@@ -218,7 +217,10 @@ class ControllerService:
         self.firehose = MqttFirehose(
             self._report_mqtt,
             tree=self.tree,
-            subscriptions=[Subscription(self.tree.filter(TopicKind.DEVICE_REPORT), qos=1, share_group=share)],
+            subscriptions=[
+                Subscription(self.tree.filter(kind), qos=1, share_group=share)
+                for kind in (TopicKind.DEVICE_CREDENTIAL, TopicKind.DEVICE_REPORT)
+            ],
             on_ready=self.ingest.wake,
             metrics=self.mqtt_metrics,
         )
@@ -275,7 +277,7 @@ class ControllerService:
         gc.set_threshold(self.settings.ingest.gc_gen0_threshold, gen1, gen2)
         # Reports first: a rebirth asked for over the session must find the report stream listening.
         self._loop = asyncio.get_running_loop()
-        self.ingest.attach(_FirehoseReports(self.firehose), self._loop)
+        self.ingest.attach(self.firehose, self._loop)
         self.firehose.start()
         self.job_events.start()
         await asyncio.to_thread(self.firehose.subscribed.wait, FIREHOSE_WAIT_S)
@@ -344,8 +346,6 @@ class ControllerService:
         elif kind is TopicKind.CONTROLLER_PRESENCE and isinstance(payload, ControllerPresence):
             if payload.controller_id == message.route.controller_id:
                 self._on_peer_presence(payload)
-        elif kind is TopicKind.DEVICE_CREDENTIAL and isinstance(payload, DeviceCredential):
-            await self.ingest.add_credential(payload, message.route.gateway_id or "", self._wall_clock())
         elif kind in INBOX_KINDS:
             # The bytes as received (already validated by the session's decode): nothing re-encoded.
             raw = message.payload or channels.encode(payload)  # type: ignore[arg-type]
@@ -702,21 +702,3 @@ def _report_client_id(controller_id: str) -> str:
 def _event_client_id(controller_id: str) -> str:
     """The client id of a replica's job-event connection (stable, like the report connection's)."""
     return f"{controller_id}-events"
-
-
-class _FirehoseReports:
-    """The firehose as the ingest's report source: only reports from the gateway they name."""
-
-    def __init__(self, firehose: MqttFirehose) -> None:
-        self._firehose = firehose
-
-    def drain_reports(self, limit: int) -> list[tuple[DeviceReport, bool]]:
-        return [
-            (report, retained)
-            for route, report, retained in self._firehose.drain(limit)
-            if isinstance(report, DeviceReport) and report.gateway_id == route.gateway_id
-        ]
-
-    @property
-    def queued(self) -> int:
-        return self._firehose.queued

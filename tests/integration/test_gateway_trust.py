@@ -89,12 +89,12 @@ class FakeGateway:
         topic = TREE.topic(TopicKind.GATEWAY_PRESENCE, gateway_id=self.gateway_id)
         await self.client.publish(topic, channels.encode(presence), qos=1, retain=True)
 
-    async def hear(self, serial: str, project_key: str) -> None:
-        """Report a device on 1.0.0 and send its credential with `project_key`."""
+    async def hear(self, serial: str, project_key: str, *, claim: str | None = None) -> None:
+        """Report a device on 1.0.0 (naming `claim` as the gateway) and send its credential."""
         self.devices[serial] = project_key
         self._seq += 1
         report = DeviceReport(
-            gateway_id=GatewayId(self.gateway_id),
+            gateway_id=GatewayId(claim or self.gateway_id),
             epoch=1,
             seq=self._seq,
             device_serial=DeviceSerial(serial),
@@ -240,6 +240,27 @@ async def test_a_foreign_gateways_result_does_not_count_and_is_audited(
 
         await wait_until(succeeded)
         assert controller.coordinator.stats.jobs == {("succeeded", "ok"): 1}
+
+
+async def test_a_report_naming_another_gateway_is_not_stored_and_is_counted(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """The topic's gateway is the sender: a report claiming another gateway is refused, not stored."""
+    async with (
+        CloudEmulator() as cloud,
+        running_controller(broker, cloud.base_url, f"sqlite:///{tmp_path / 'c.sqlite3'}") as controller,
+        fake_gateway(broker, "gw-a") as gateway,
+    ):
+        await gateway.hear("LIAR-1", PROJECT_KEY, claim="gw-b")
+        await gateway.hear("HONEST-1", PROJECT_KEY)
+
+        async def honest_stored() -> bool:
+            return await controller.executor.call(controller.store.project_key, "HONEST-1") == PROJECT_KEY
+
+        await wait_until(honest_stored)
+        await wait_until(lambda: counted(controller, "device_report", "topic_mismatch", 1))
+        devices = await controller.executor.call(controller.store.devices)
+        assert {device.serial for device in devices} == {"HONEST-1"}
 
 
 async def test_project_keys_outside_the_allow_list_are_refused(
