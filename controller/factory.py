@@ -58,8 +58,13 @@ async def build_controller(
     """
     owned_store = store is None
     opened = open_store(settings.store.url) if store is None else store
+    # The lease's own connection (an in-memory SQLite database cannot be opened twice; an injected
+    # store is shared with its caller as it is).
+    lease_store: FleetStore | None = None
     limits = httpx.Limits(max_connections=settings.memfault.max_concurrency * 2)
     try:
+        if owned_store and settings.store.url != "sqlite://:memory:":
+            lease_store = open_store(settings.store.url)
         async with httpx.AsyncClient(
             limits=limits, follow_redirects=False, transport=memfault_transport
         ) as http:
@@ -73,7 +78,10 @@ async def build_controller(
                 notifier=notifier,
                 wall_clock=wall_clock,
                 monotonic=clock,
+                lease_store=lease_store,
             )
     finally:
         if owned_store:
             opened.db.close()
+        if lease_store is not None:
+            lease_store.db.close()

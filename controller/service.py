@@ -122,13 +122,23 @@ class ControllerService:
         notifier: SystemdNotifier | None = None,
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        lease_store: FleetStore | None = None,
     ) -> None:
+        """Wire a replica; `lease_store`, a second connection to the same database, holds the lease.
+
+        Without it the lease shares `store`'s connection and thread, where a long store call (a
+        fleet-wide read at 100k devices takes seconds) delays its renewals.
+        """
         if not is_valid_id(settings.controller_id):
             raise ControllerError(f"controller_id {settings.controller_id!r} is not a valid id")
         self.settings = settings
         self.tree = TopicTree(settings.mqtt.topic_prefix)
         self.store = store
         self.executor = StoreExecutor()
+        # The lease on a connection and thread of its own: its renewal never queues behind the
+        # ingest's batches, a fleet scan or a step's save.
+        self._lease_store = lease_store or store
+        self._lease_executor = StoreExecutor() if lease_store is not None else self.executor
         self._wall_clock = wall_clock
         self._monotonic = monotonic
         self._notifier = notifier or SystemdNotifier({})
@@ -163,6 +173,8 @@ class ControllerService:
                 dispatch_max_age_s=settings.memfault.dispatch_max_age_s,
             ),
         )
+        # The view learns of changed facts from each ingest batch, not by rereading the fleet.
+        self.ingest.on_facts.append(self.coordinator.correlation.observe)
         mqtt = settings.mqtt
         share = mqtt.share_group
         self.mqtt_metrics = MqttMetrics(registry)
@@ -312,13 +324,15 @@ class ControllerService:
                 self._queue_job_events()
                 await self._flush_inbox()
                 await self._flush_acknowledgements()
-                await self.executor.call(self.store.release_lease, self.settings.controller_id)
+                await self._lease_executor.call(self._lease_store.release_lease, self.settings.controller_id)
             await self.session.stop()
             if not await _bounded("mqtt session", session_task):
                 session_task.cancel()
             # The correlation view scans the store: it stops before the store's thread does.
             await _bounded("correlation view", asyncio.create_task(asyncio.to_thread(self.coordinator.close)))
             self.executor.shutdown()
+            if self._lease_executor is not self.executor:
+                self._lease_executor.shutdown()
 
     async def stop(self) -> None:
         """Stop gracefully: the lease is released so a standby takes over at once."""
@@ -543,13 +557,14 @@ class ControllerService:
 
     async def _lead_or_stand_by(self) -> None:
         settings = self.settings.scheduler
+        store, holder, clock = self._lease_store, self.settings.controller_id, self._wall_clock
+
+        def take_or_renew() -> int | None:
+            # The clock is read on the lease thread, when the renewal runs, not when it was queued.
+            return store.acquire_lease(holder, clock(), settings.lease_ttl_s)
+
         try:
-            epoch = await self.executor.call(
-                self.store.acquire_lease,
-                self.settings.controller_id,
-                self._wall_clock(),
-                settings.lease_ttl_s,
-            )
+            epoch = await self._lease_executor.call(take_or_renew)
         except StoreError as error:
             log.warning("cannot reach the store for the lease", error=str(error))
             self._lose_lease()

@@ -1,4 +1,4 @@
-"""The lease is renewed on its own clock: a scheduler step slower than the lease keeps leadership.
+"""The lease is renewed on its own clock and connection: a slow step or store call keeps leadership.
 
 The leader's Memfault answers each request more slowly than the lease's TTL, so planning and every
 dispatch check take longer than the lease lasts; a standby shares the store, ready to take over the
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 
-from controller.memfault import MemfaultClient, MemfaultSettings
+from controller.factory import build_controller
 from controller.service import ControllerService
 from controller.settings import (
     ControllerSettings,
@@ -26,7 +26,6 @@ from controller.settings import (
     SchedulerConfig,
     StoreConfig,
 )
-from controller.store.opening import open_store
 from schemas import FlowSpec, RolloutState, RolloutStatus, TopicKind
 from simulator.cloud import CloudEmulator
 from tests.harness.broker import MosquittoBroker
@@ -76,16 +75,7 @@ async def controller(
         metrics=MetricsConfig(enabled=False),
         scheduler=SchedulerConfig(tick_interval_s=0.2, lease_ttl_s=LEASE_TTL_S),
     )
-    store = open_store(store_url)
-    async with httpx.AsyncClient(transport=transport) as http:
-        service = ControllerService(
-            settings,
-            store=store,
-            memfault=MemfaultClient(
-                MemfaultSettings(base_url=cloud_url, requests_per_s=1000.0), http, transport=transport
-            ),
-            registry=CollectorRegistry(),
-        )
+    async with build_controller(settings, memfault_transport=transport) as service:
         task = asyncio.create_task(service.run())
         try:
             await asyncio.wait_for(service.session.connected.wait(), 15)
@@ -93,7 +83,6 @@ async def controller(
         finally:
             await service.stop()
             await asyncio.wait_for(task, 15)
-            store.db.close()
 
 
 async def test_a_step_slower_than_the_lease_keeps_leadership_and_sends_no_command_twice(
@@ -137,3 +126,23 @@ async def test_a_step_slower_than_the_lease_keeps_leadership_and_sends_no_comman
     assert len(gateway.commands) == DEVICES
     assert gateway.duplicates == 0, gateway.commands
     assert set(gateway.rollout_ids) == {"r-slow"}
+
+
+async def test_a_store_call_slower_than_the_lease_keeps_leadership(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """The store thread busy for three lease TTLs (a fleet-wide read at 100k takes seconds): one term."""
+    store_url = f"sqlite:///{tmp_path / 'c.sqlite3'}"
+    async with (
+        CloudEmulator() as cloud,
+        controller(broker, cloud.base_url, store_url, "controller-1", httpx.AsyncHTTPTransport()) as leader,
+    ):
+        await wait_until(lambda: asyncio.sleep(0, leader.is_leader))
+        first_epoch = leader.lease_epoch
+        async with controller(
+            broker, cloud.base_url, store_url, "controller-2", httpx.AsyncHTTPTransport()
+        ) as standby:
+            # A store call that outlasts the lease (the slow query being emulated, not a wait).
+            await leader.executor.call(time.sleep, 3 * LEASE_TTL_S)
+            assert leader.lease_epoch == first_epoch
+            assert not standby.is_leader
