@@ -113,12 +113,20 @@ class PostgresDatabase:
 
     dialect = Dialect.POSTGRES
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, idle_in_transaction_timeout_s: float = 10.0) -> None:
+        """Connect to `dsn`; a transaction left idle `idle_in_transaction_timeout_s` is ended by the server.
+
+        Every transaction here runs its statements back to back, so only a process that stopped
+        inside one (SIGSTOP, a VM paused, a debugger) leaves it idle: the server then ends that
+        session, and the rows it locked (the lease row above all) free the standby to take over.
+        """
         import psycopg  # noqa: PLC0415 (a gateway-sized install has no psycopg; only this backend needs it)
 
         self._psycopg = psycopg
         try:
             self._db = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+            timeout_ms = max(1, round(idle_in_transaction_timeout_s * 1000))
+            self._db.execute(f"SET idle_in_transaction_session_timeout = {timeout_ms}")
         except psycopg.Error as error:
             raise StoreError(f"cannot connect to PostgreSQL: {error}") from error
 
