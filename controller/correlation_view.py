@@ -3,9 +3,10 @@
 The view runs on its own thread with its own asyncio loop, so Memfault's latency, retries and
 `Retry-After` pauses never sit on the scheduler's loop. For every device it keeps the answer for
 the exact (serial, hardware, software type, current version, project key) it was asked with. A
-device is asked when the view first sees it or its tuple changes (a fleet scan every `scan_s`,
-planning, or a dispatch that found the answer stale), and again before the answer's artifact links
-expire (Memfault's CDN links last 6 hours; `refresh_after_s` is well below). The Memfault client's
+device is asked when the view first sees it or its tuple changes (an ingest batch that carried it,
+a fleet scan every `scan_s`, planning, or a dispatch that found the answer stale), and again before
+the answer's artifact links expire (Memfault's CDN links last 6 hours; `refresh_after_s` is well
+below). The Memfault client's
 own limits apply: `max_concurrency` requests in flight, a global `requests_per_s`, and a pause for
 every query while a `Retry-After` runs. An outage (every query failing) is reported by `outage()`
 and clears by itself with the first answer; nothing is counted against any device meanwhile.
@@ -49,8 +50,10 @@ class CorrelationSettings:
     """Ask again this soon a device whose answer was unusable (404, garbage, a lasting 5xx)."""
     sweep_s: float = 30.0
     """How often answers are checked for age."""
-    scan_s: float = 60.0
-    """How often the registry is read for devices whose tuple changed (0: never)."""
+    scan_s: float = 600.0
+    """How often the whole registry is read for devices whose tuple changed (0: never). Ingest tells
+    the view of every batch's devices (`Ingest.on_facts`); the scan catches what it cannot: the
+    share of reports another replica ingested, and devices changed while this view was stopped."""
     outage_retry_s: float = 5.0
     """How soon a query that met an outage is tried again (at least the server's Retry-After)."""
     plan_wait_s: float = 30.0

@@ -29,13 +29,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Protocol
 
 import structlog
 
+from controller.correlation import DeviceFacts
+from controller.correlation_view import read_facts
 from controller.gateway_trust import RefusalReason, RefusedKind, credential_refusal, key_fingerprint
 from controller.rebirth_limit import RebirthLimiter
 from controller.store.executor import StoreExecutor
@@ -166,6 +168,9 @@ class Ingest:
         self.stats = IngestStats()
         self.on_presence: list[Callable[[GatewayPresence], None]] = []
         """Listeners told about every accepted presence change (the scheduler reroutes on deaths)."""
+        self.on_facts: list[Callable[[Sequence[DeviceFacts]], None]] = []
+        """Listeners told, on the store thread after each commit, the correlation facts of the
+        devices the batch reported or keyed (the correlation view asks Memfault for the changed)."""
 
     def attach(self, source: IngestSource, loop: asyncio.AbstractEventLoop) -> None:
         """Read reports and credentials from `source`; `loop` runs the writer. Call before it starts."""
@@ -224,6 +229,12 @@ class Ingest:
             if decisions.audit:
                 self._store.append_audit(decisions.audit, self._wall_clock())
         self._after_commit(decisions)
+        if self.on_facts and (batch or decisions.saved):
+            serials: set[str] = {report.device_serial for report in batch}
+            serials.update(serial for serial, _, _ in decisions.saved)
+            facts = read_facts(self._store, serials=sorted(serials))
+            for listener in self.on_facts:
+                listener(facts)
         now_s = self._monotonic()
         with self._lock:
             known = self._keys_known

@@ -89,8 +89,10 @@ class FakeGateway:
         topic = TREE.topic(TopicKind.GATEWAY_PRESENCE, gateway_id=self.gateway_id)
         await self.client.publish(topic, channels.encode(presence), qos=1, retain=True)
 
-    async def hear(self, serial: str, project_key: str, *, claim: str | None = None) -> None:
-        """Report a device on 1.0.0 (naming `claim` as the gateway) and send its credential."""
+    async def hear(
+        self, serial: str, project_key: str, *, claim: str | None = None, version: str = "1.0.0"
+    ) -> None:
+        """Report a device on `version` (naming `claim` as the gateway) and send its credential."""
         self.devices[serial] = project_key
         self._seq += 1
         report = DeviceReport(
@@ -100,7 +102,7 @@ class FakeGateway:
             device_serial=DeviceSerial(serial),
             hardware_version=HARDWARE,
             software_type="app",
-            current_version="1.0.0",
+            current_version=version,
             project_key_fingerprint=key_fingerprint(project_key),
             transport=Transport.UDP,
             address="127.0.0.1:9",

@@ -41,6 +41,7 @@ from simulator.device import BootOutcome
 from simulator.fleet import firmware_image
 from simulator.server import FleetServer
 from tests.harness.broker import MosquittoBroker
+from tests.integration.test_gateway_trust import fake_gateway
 from tests.integration.test_rollout_e2e import latest, registry_has
 from tests.integration.world import (
     HARDWARE,
@@ -319,3 +320,27 @@ async def first_ota_command(spy: aiomqtt.Client, topic: str) -> OtaCommand:
                 if isinstance(command, OtaCommand):
                     return command
     raise AssertionError("no OTA command")
+
+
+async def test_a_reported_version_change_is_answered_without_waiting_for_a_fleet_scan(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """Ingest tells the standing view of each batch's devices: a new version is asked at once."""
+    async with (
+        CloudEmulator() as cloud,
+        running_controller(broker, cloud.base_url, f"sqlite:///{tmp_path / 'c.sqlite3'}") as controller,
+        fake_gateway(broker, "gw-a") as gateway,
+    ):
+        publish_release(cloud, "1.1.0")
+        view = controller.coordinator.correlation
+        # The fleet scan is the slow safety net; it cannot be what answers within this test.
+        assert view.settings.scan_s >= 10 * WAIT_S
+
+        def answered_on(version: str) -> bool:
+            standing = view.answer("D1")
+            return standing is not None and standing.asked.current_version == version
+
+        await gateway.hear("D1", PROJECT_KEY)
+        await wait_until(lambda: asyncio.sleep(0, answered_on("1.0.0")))
+        await gateway.hear("D1", PROJECT_KEY, version="1.1.0")
+        await wait_until(lambda: asyncio.sleep(0, answered_on("1.1.0")))
