@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Final
 
 import httpx
-import msgspec
 import structlog
 
 from controller.correlation import DeviceFacts
@@ -89,13 +88,6 @@ class Freshness:
         return self.answered / self.devices if self.devices else 1.0
 
 
-class _DeltaFlag(msgspec.Struct):
-    accepts_delta: bool = False
-
-
-_FLAG_DECODER = msgspec.json.Decoder(_DeltaFlag)
-
-
 FACTS_CHUNK: Final = 500
 """Serials read per query by `read_facts` (below every database's bound on bound parameters)."""
 
@@ -113,7 +105,8 @@ def read_facts(
     dispatches cost a few queries, not one each.
     """
     sql = (
-        "SELECT d.serial, d.hardware_version, d.software_type, d.current_version, c.project_key, d.report"
+        "SELECT d.serial, d.hardware_version, d.software_type, d.current_version, c.project_key,"
+        " d.accepts_delta"
         " FROM device d LEFT JOIN credential c ON c.serial = d.serial"
     )
     queries: list[tuple[str, list[object]]] = []
@@ -130,16 +123,10 @@ def read_facts(
         queries.append((sql, []))
     facts: list[DeviceFacts] = []
     for query, params in queries:
-        for row in store.db.fetchall(query + " ORDER BY d.serial", params):
-            try:
-                accepts_delta = _FLAG_DECODER.decode(bytes(row[5])).accepts_delta
-            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, TypeError):
-                accepts_delta = False  # an unreadable report declares nothing
-            facts.append(
-                DeviceFacts(
-                    str(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4] or ""), accepts_delta
-                )
-            )
+        facts.extend(
+            DeviceFacts(str(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4] or ""), bool(row[5]))
+            for row in store.db.fetchall(query + " ORDER BY d.serial", params)
+        )
     return facts
 
 

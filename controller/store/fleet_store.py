@@ -211,6 +211,7 @@ class FleetStore:
                         r.project_key_fingerprint,
                         encode(r),
                         seen_at_s,
+                        int(r.accepts_delta),
                     )
                 )
         with self.db.transaction():
@@ -226,11 +227,12 @@ class FleetStore:
             )
             self.db.executemany(
                 "INSERT INTO device (serial, hardware_version, software_type, current_version, memfault,"
-                " key_fingerprint, report, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " key_fingerprint, report, updated_at, accepts_delta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (serial) DO UPDATE SET hardware_version = excluded.hardware_version,"
                 " software_type = excluded.software_type, current_version = excluded.current_version,"
                 " memfault = excluded.memfault, key_fingerprint = excluded.key_fingerprint,"
-                " report = excluded.report, updated_at = excluded.updated_at"
+                " report = excluded.report, updated_at = excluded.updated_at,"
+                " accepts_delta = excluded.accepts_delta"
                 " WHERE excluded.updated_at >= device.updated_at",
                 devices,
             )

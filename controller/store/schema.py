@@ -18,8 +18,19 @@ class Dialect(enum.StrEnum):
 
 
 _TYPES: Final = {
-    Dialect.SQLITE: {"BLOB": "BLOB", "SERIAL": "INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT": "INTEGER"},
-    Dialect.POSTGRES: {"BLOB": "BYTEA", "SERIAL": "BIGSERIAL PRIMARY KEY", "BIGINT": "BIGINT"},
+    Dialect.SQLITE: {
+        "BLOB": "BLOB",
+        "SERIAL": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "BIGINT": "INTEGER",
+        "REPORT_ACCEPTS_DELTA": "COALESCE(json_extract(CAST(report AS TEXT), '$.accepts_delta'), 0)",
+    },
+    Dialect.POSTGRES: {
+        "BLOB": "BYTEA",
+        "SERIAL": "BIGSERIAL PRIMARY KEY",
+        "BIGINT": "BIGINT",
+        "REPORT_ACCEPTS_DELTA": "CASE WHEN (convert_from(report, 'UTF8')::jsonb ->> 'accepts_delta')"
+        " = 'true' THEN 1 ELSE 0 END",
+    },
 }
 
 MIGRATIONS: Final[tuple[str, ...]] = (
@@ -136,6 +147,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     # cost a b-tree insert per new link: about a tenth of a report's store time in a rebirth burst.
     """
     DROP INDEX IF EXISTS device_link_gateway;
+    """,
+    # Whether a device applies deltas, beside its report: planning reads the correlation facts of
+    # the whole fleet, and reading each report's blob to find this flag was 60 % of that read.
+    """
+    ALTER TABLE device ADD COLUMN accepts_delta INTEGER NOT NULL DEFAULT 0;
+    UPDATE device SET accepts_delta = {REPORT_ACCEPTS_DELTA};
     """,
 )
 

@@ -7,13 +7,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import psycopg
 import pytest
 from psycopg import conninfo
 
+from controller.correlation_view import read_facts
 from controller.errors import StaleLease
 from controller.store.database import PostgresDatabase, SqliteDatabase
 from controller.store.fleet_store import CredentialOffer, FleetStore, PendingKeyChange, RolloutRecord
+from controller.store.schema import MIGRATIONS
 from schemas import (
     DeviceReport,
     DeviceSerial,
@@ -70,6 +73,19 @@ def test_migrate_twice_is_harmless(store: FleetStore) -> None:
     """Migrations are recorded and not applied again."""
     store.migrate()
     assert store.counts() == (0, 0)
+
+
+def test_the_delta_flag_column_is_filled_from_stored_reports_on_upgrade(store: FleetStore) -> None:
+    """A database from before `accepts_delta` had a column: the flag is read out of each report."""
+    capable = msgspec.structs.replace(report("gw-1", "CAPABLE"), accepts_delta=True)
+    store.apply_reports([capable, report("gw-1", "PLAIN")])
+    # Back to the previous schema version, the flag lost: the last migration runs again.
+    store.db.execute("UPDATE device SET accepts_delta = 0")
+    store.db.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS) - 1,))
+    store.db.execute("ALTER TABLE device DROP COLUMN accepts_delta")
+    store.migrate()
+    facts = {fact.serial: fact.accepts_delta for fact in read_facts(store)}
+    assert facts == {"CAPABLE": True, "PLAIN": False}
 
 
 def test_reports_are_applied_and_links_kept_per_gateway(store: FleetStore) -> None:
