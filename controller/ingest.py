@@ -53,6 +53,8 @@ AUDITED_REFUSALS_KEPT: Final = 100_000
 
 HOUSEKEEPING_S: Final = 0.5
 """How often expired key waits and rebirths held back by the buckets are looked at while idle."""
+KEY_WAIT_BACKLOG_GRACE: Final = 3.0
+"""How many more `key_wait_s` a key wait lasts while the source still has messages queued."""
 MAX_AWAITING_KEYS: Final = 1_000_000
 """Devices waiting for a key at most (memory bound under hostile reports)."""
 
@@ -291,10 +293,15 @@ class Ingest:
     def _housekeep(self, now_s: float | None = None) -> None:
         """On the store thread: end expired key waits, then send the rebirths the buckets allow."""
         now_s = self._monotonic() if now_s is None else now_s
+        # While messages are still queued the missing credential may be among them (a gateway sends
+        # it right after the report, on the same connection): a backlog longer than the wait must
+        # not cost a rebirth per device. The grace is bounded, so a flood cannot postpone it forever.
+        backlog = self._source is not None and self._source.queued > 0
+        grace_s = KEY_WAIT_BACKLOG_GRACE * self._key_wait_s if backlog else 0.0
         with self._lock:
             expired: list[tuple[str, str]] = []
             for serial, (gateway_id, deadline_s) in self._awaiting.items():
-                if deadline_s > now_s:
+                if deadline_s + grace_s > now_s:
                     break  # deadlines grow with insertion order
                 expired.append((serial, gateway_id))
             for serial, _ in expired:

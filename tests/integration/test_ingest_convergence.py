@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -177,6 +178,34 @@ async def test_credentials_arriving_after_their_reports_converge_without_a_rebir
         assert stats.rebirths_requested == 0
         assert controller.session.outbox_size == 0
     assert [gateway.rebirths for gateway in gateways] == [0, 0, 0]
+
+
+async def test_credentials_queued_behind_a_backlog_longer_than_the_wait_cost_no_rebirth(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """Reports drained one per batch, their credentials still queued past `key_wait_s`: nobody is asked."""
+    gateway = Gateway(broker, "gw-backlog", 150, answer=True)
+    # One message per transaction: the 150 credentials wait behind 150 reports for longer than 0.2 s.
+    ingest = IngestConfig(key_wait_s=0.2, max_batch=1, linger_s=0.0)
+    async with (
+        ingesting_controller(broker, f"sqlite:///{tmp_path / 'c.sqlite3'}", ingest) as controller,
+        online([gateway]),
+    ):
+        # The store thread busy (a slow query, emulated) while everything arrives: a backlog.
+        busy = asyncio.create_task(controller.executor.call(time.sleep, 1.0))
+        gateway.publish_reports()
+        gateway.publish_credentials()
+        await busy
+
+        async def keys_in() -> bool:
+            return (await stored(controller)) == (150, 150)
+
+        await wait_until(keys_in)
+        stats = controller.ingest.stats
+        assert stats.keys_awaited > 0, "no report waited: the test made no backlog"
+        assert stats.keys_missing == 0
+        assert stats.rebirths_requested == 0
+    assert gateway.rebirths == 0
 
 
 async def test_a_key_that_never_arrives_costs_its_gateway_one_rebirth(
