@@ -171,8 +171,11 @@ class Ingest:
         self.on_presence: list[Callable[[GatewayPresence], None]] = []
         """Listeners told about every accepted presence change (the scheduler reroutes on deaths)."""
         self.on_facts: list[Callable[[Sequence[DeviceFacts]], None]] = []
-        """Listeners told, on the store thread after each commit, the correlation facts of the
-        devices the batch reported or keyed (the correlation view asks Memfault for the changed)."""
+        """Listeners told, on the store thread, the correlation facts of the devices ingest reported
+        or keyed (the correlation view asks Memfault for the changed ones). Told once the backlog is
+        written: during a burst (100k devices coming online) the view's Memfault queries would
+        compete with the writer for the process and slow the registry's convergence by half."""
+        self._facts_due: set[str] = set()
 
     def attach(self, source: IngestSource, loop: asyncio.AbstractEventLoop) -> None:
         """Read reports and credentials from `source`; `loop` runs the writer. Call before it starts."""
@@ -231,12 +234,14 @@ class Ingest:
             if decisions.audit:
                 self._store.append_audit(decisions.audit, self._wall_clock())
         self._after_commit(decisions)
-        if self.on_facts and (batch or decisions.saved):
-            serials: set[str] = {report.device_serial for report in batch}
-            serials.update(serial for serial, _, _ in decisions.saved)
-            facts = read_facts(self._store, serials=sorted(serials))
-            for listener in self.on_facts:
-                listener(facts)
+        if self.on_facts:
+            self._facts_due.update(report.device_serial for report in batch)
+            self._facts_due.update(serial for serial, _, _ in decisions.saved)
+            if self._facts_due and not self._has_work():
+                facts = read_facts(self._store, serials=sorted(self._facts_due))
+                self._facts_due.clear()
+                for listener in self.on_facts:
+                    listener(facts)
         now_s = self._monotonic()
         with self._lock:
             known = self._keys_known

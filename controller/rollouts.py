@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import msgspec
 import structlog
@@ -81,6 +81,10 @@ MAX_REMEMBERED_INBOX = 100_000
 """Decoded inbox messages kept in memory for the leader (beyond this, stored bytes are decoded)."""
 MAX_PENDING_PROGRESS = 100_000
 """Jobs whose progress waits for the next step at most (memory bound under a flood)."""
+
+
+FRESHNESS_REFRESH_S: Final = 10.0
+"""How often the fleet-wide freshness shown in rollout states is recomputed."""
 
 
 @dataclass
@@ -711,9 +715,13 @@ class RolloutCoordinator:
         return msgspec.structs.replace(state, **changes)
 
     def _fleet_freshness(self, now_s: float) -> Freshness:
-        """The view's freshness over the fleet, recomputed at most every second (it walks every device)."""
+        """The view's freshness over the fleet, recomputed at most every `FRESHNESS_REFRESH_S`.
+
+        It walks every device under the view's lock: at 100k devices, recomputing it every second
+        took a tenth of the process during a rollout, for two informational fields of the state.
+        """
         at_s, freshness = self._freshness_cache
-        if freshness is None or abs(now_s - at_s) >= 1.0:
+        if freshness is None or abs(now_s - at_s) >= FRESHNESS_REFRESH_S:
             freshness = self.correlation.freshness()
             self._freshness_cache = (now_s, freshness)
         return freshness
