@@ -173,7 +173,8 @@ class ControllerService:
                 dispatch_max_age_s=settings.memfault.dispatch_max_age_s,
             ),
         )
-        # The view learns of changed facts from each ingest batch, not by rereading the fleet.
+        # The view learns of changed facts from ingest (once its backlog is written), not by rereading
+        # the fleet.
         self.ingest.on_facts.append(self.coordinator.correlation.observe)
         mqtt = settings.mqtt
         share = mqtt.share_group
