@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Final
 
-from controller.correlation import DeviceFacts, Excluded, Exclusion, Install, correlate
+from controller.correlation import Correlation, DeviceFacts, Excluded, Exclusion, Install, correlate
 from controller.correlation_view import CorrelationView, Freshness, read_facts
 from controller.rollout_engine.model import Candidate, GatewayLink
 from controller.rollout_engine.versions import version_key
@@ -28,6 +29,11 @@ class FleetGauges:
     gateways_offline: int = 0
     devices: int = 0
     devices_by_version: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+REASK_BEFORE_EXCLUDING: Final = frozenset(Exclusion) - {Exclusion.NO_PROJECT_KEY, Exclusion.NOT_ASKED_YET}
+"""Exclusions a plan checks with a fresh answer first: every one that rests on an answer Memfault
+could give differently now (a release activated, a project created, a key provisioned since)."""
 
 
 class RegistryView:
@@ -96,15 +102,23 @@ class RegistryView:
         await asyncio.to_thread(
             view.ensure, facts, settings.plan_max_age_s, settings.plan_wait_s, settings.plan_wait_max_s
         )
-        candidates: list[Candidate] = []
-        for fact in facts:
-            standing = view.answer(fact.serial)
-            result = correlate(
-                fact,
-                standing.answer if standing else None,
-                standing.asked if standing else None,
-                target_version,
+        results = [self._correlate(fact, target_version) for fact in facts]
+        # A standing answer that keeps a device out of this rollout may predate the release the
+        # operator just activated in Memfault (the view asked when the device reported): those
+        # devices are asked again, once, before the plan excludes them.
+        doubtful = [
+            fact
+            for fact, result in zip(facts, results, strict=True)
+            if isinstance(result, Excluded) and result.reason in REASK_BEFORE_EXCLUDING
+        ]
+        if doubtful:
+            await asyncio.to_thread(
+                view.ensure, doubtful, 0.0, settings.plan_wait_s, settings.plan_wait_max_s
             )
+            again = {fact.serial: self._correlate(fact, target_version) for fact in doubtful}
+            results = [again.get(fact.serial, result) for fact, result in zip(facts, results, strict=True)]
+        candidates: list[Candidate] = []
+        for fact, result in zip(facts, results, strict=True):
             offered, refusal = None, ""
             match result:
                 case Install():
@@ -127,6 +141,15 @@ class RegistryView:
                 )
             )
         return candidates, view.freshness(facts)
+
+    def _correlate(self, fact: DeviceFacts, target_version: str) -> Correlation:
+        standing = self._correlation.answer(fact.serial)
+        return correlate(
+            fact,
+            standing.answer if standing else None,
+            standing.asked if standing else None,
+            target_version,
+        )
 
     async def prefetch(self, serials: Sequence[str]) -> None:
         """Read the facts of devices about to be resolved in one store call (not one each).

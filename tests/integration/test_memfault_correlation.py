@@ -344,3 +344,29 @@ async def test_a_reported_version_change_is_answered_without_waiting_for_a_fleet
         await wait_until(lambda: asyncio.sleep(0, answered_on("1.0.0")))
         await gateway.hear("D1", PROJECT_KEY, version="1.1.0")
         await wait_until(lambda: asyncio.sleep(0, answered_on("1.1.0")))
+
+
+async def test_a_release_activated_after_the_view_answered_is_planned_for_every_device(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """Standing answers from before the release say "up to date": the plan asks again, includes all."""
+    async with (
+        CloudEmulator() as cloud,
+        running_controller(broker, cloud.base_url, f"sqlite:///{tmp_path / 'c.sqlite3'}") as controller,
+        fake_gateway(broker, "gw-a") as gateway,
+        operator_client(broker) as client,
+    ):
+        cloud.add_project(PROJECT_KEY)
+        view = controller.coordinator.correlation
+        for serial in ("D1", "D2"):
+            await gateway.hear(serial, PROJECT_KEY)
+
+        def answered() -> bool:
+            return all(view.answer(serial) is not None for serial in ("D1", "D2"))
+
+        await wait_until(lambda: asyncio.sleep(0, answered()))
+        publish_release(cloud, "1.1.0")
+        plan = await create(client, "r-late-release", one_wave())
+    planned = {device.device_serial for wave in plan.waves for device in wave.devices}
+    assert planned == {"D1", "D2"}, plan.excluded
+    assert plan.excluded == []
