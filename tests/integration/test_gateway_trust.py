@@ -168,6 +168,19 @@ async def fake_gateway(broker: MosquittoBroker, gateway_id: str) -> AsyncIterato
                 await task
 
 
+@contextlib.asynccontextmanager
+async def controller_heard_by_one_gateway(
+    broker: MosquittoBroker, tmp_path: Path
+) -> AsyncIterator[tuple[CloudEmulator, ControllerService, FakeGateway]]:
+    """The cloud emulator, a controller on its own SQLite store, and fake gateway `gw-a`."""
+    async with (
+        CloudEmulator() as cloud,
+        running_controller(broker, cloud.base_url, f"sqlite:///{tmp_path / 'c.sqlite3'}") as controller,
+        fake_gateway(broker, "gw-a") as gateway,
+    ):
+        yield cloud, controller, gateway
+
+
 async def audit(controller: ControllerService) -> list[AuditEvent]:
     """The controller's audit log, decoded."""
     lines = await controller.executor.call(controller.store.audit_events)
@@ -248,11 +261,7 @@ async def test_a_report_naming_another_gateway_is_not_stored_and_is_counted(
     broker: MosquittoBroker, tmp_path: Path
 ) -> None:
     """The topic's gateway is the sender: a report claiming another gateway is refused, not stored."""
-    async with (
-        CloudEmulator() as cloud,
-        running_controller(broker, cloud.base_url, f"sqlite:///{tmp_path / 'c.sqlite3'}") as controller,
-        fake_gateway(broker, "gw-a") as gateway,
-    ):
+    async with controller_heard_by_one_gateway(broker, tmp_path) as (_, controller, gateway):
         await gateway.hear("LIAR-1", PROJECT_KEY, claim="gw-b")
         await gateway.hear("HONEST-1", PROJECT_KEY)
 

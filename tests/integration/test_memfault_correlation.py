@@ -41,7 +41,7 @@ from simulator.device import BootOutcome
 from simulator.fleet import firmware_image
 from simulator.server import FleetServer
 from tests.harness.broker import MosquittoBroker
-from tests.integration.test_gateway_trust import fake_gateway
+from tests.integration.test_gateway_trust import controller_heard_by_one_gateway
 from tests.integration.test_rollout_e2e import latest, registry_has
 from tests.integration.world import (
     HARDWARE,
@@ -326,11 +326,7 @@ async def test_a_reported_version_change_is_answered_without_waiting_for_a_fleet
     broker: MosquittoBroker, tmp_path: Path
 ) -> None:
     """Ingest tells the standing view of each batch's devices: a new version is asked at once."""
-    async with (
-        CloudEmulator() as cloud,
-        running_controller(broker, cloud.base_url, f"sqlite:///{tmp_path / 'c.sqlite3'}") as controller,
-        fake_gateway(broker, "gw-a") as gateway,
-    ):
+    async with controller_heard_by_one_gateway(broker, tmp_path) as (cloud, controller, gateway):
         publish_release(cloud, "1.1.0")
         view = controller.coordinator.correlation
         # The fleet scan is the slow safety net; it cannot be what answers within this test.
@@ -351,9 +347,7 @@ async def test_a_release_activated_after_the_view_answered_is_planned_for_every_
 ) -> None:
     """Standing answers from before the release say "up to date": the plan asks again, includes all."""
     async with (
-        CloudEmulator() as cloud,
-        running_controller(broker, cloud.base_url, f"sqlite:///{tmp_path / 'c.sqlite3'}") as controller,
-        fake_gateway(broker, "gw-a") as gateway,
+        controller_heard_by_one_gateway(broker, tmp_path) as (cloud, controller, gateway),
         operator_client(broker) as client,
     ):
         cloud.add_project(PROJECT_KEY)
