@@ -477,16 +477,12 @@ class FleetStore:
 
         Returns the row ids, in order (the leader keeps the decoded messages under them).
         """
-        row_ids = []
         with self.db.transaction():
-            for item in items:
-                rows = self.db.fetchall(
-                    "INSERT INTO inbox (kind, payload, reply_topic, correlation, received_at, sender)"
-                    " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                    item,
-                )
-                row_ids.append(int(rows[0][0]))
-        return row_ids
+            return self.db.insert_returning_ids(
+                "INSERT INTO inbox (kind, payload, reply_topic, correlation, received_at, sender)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                items,
+            )
 
     def inbox(self, limit: int = 10_000) -> list[InboxItem]:
         """The oldest inbox items (removed by `save_transition` once handled)."""
@@ -556,14 +552,14 @@ class FleetStore:
             )
             for serial, fingerprint in accepted_key_changes:
                 self._accept_key_change(serial, fingerprint)
-            pending = []
-            for topic, payload in commands:
-                row = self.db.fetchall(
-                    "INSERT INTO command_outbox (topic, payload, created_at) VALUES (?, ?, ?) RETURNING id",
-                    (topic, payload, now_s),
-                )
-                pending.append(PendingCommand(int(row[0][0]), topic, payload))
-        return pending
+            ids = self.db.insert_returning_ids(
+                "INSERT INTO command_outbox (topic, payload, created_at) VALUES (?, ?, ?)",
+                [(topic, payload, now_s) for topic, payload in commands],
+            )
+        return [
+            PendingCommand(row_id, topic, payload)
+            for row_id, (topic, payload) in zip(ids, commands, strict=True)
+        ]
 
     def _accept_key_change(self, serial: str, fingerprint: str) -> None:
         rows = self.db.fetchall(
