@@ -15,7 +15,8 @@ bounded number of times, whatever its row count:
 - `executemany` of an `INSERT ... VALUES (?, ...)` (upserts included) runs as multi-row VALUES
   statements, and of a `DELETE ... WHERE key = ?` as `WHERE key IN (...)`, in chunks;
 - `fetchall` of a query (`SELECT`/`WITH`) aggregates every row into one JSON text inside SQLite
-  (`json_group_array`) and decodes it here, blobs and reals carried exactly (hex, 17 digits);
+  (`json_group_array`) and decodes it here: blobs exactly (hex), reals in 17 digits (exact for
+  what the store holds);
 - `insert_returning_ids` inserts many rows in one statement and derives their consecutive ids.
 
 No library does this: apsw and sqlite3 both release the GIL per step, which is right for one
@@ -269,7 +270,9 @@ def _aggregated(sql: str, width: int) -> str:
     """`sql`'s rows as one JSON array of arrays; a blob becomes [hex], a real [text, 0].
 
     The query stays a subquery with its ORDER BY: SQLite never flattens an ordered subquery into
-    an aggregate, so the array keeps the query's order (tested).
+    an aggregate, so the array keeps the query's order (tested). Reals travel as 17 significant
+    digits, exact below 1e15 in magnitude (every timestamp, duration and RSSI the store holds;
+    300k random values checked); SQLite 3.40's printf can miss the last digit above that.
     """
     names = [f"c{index}" for index in range(width)]
     cells = ", ".join(
