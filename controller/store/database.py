@@ -115,8 +115,7 @@ class SqliteDatabase:
             return
         try:
             if values := _VALUES_STATEMENT.match(sql):
-                for chunk in _chunks(rows):
-                    self._db.execute(_multi_row(values, len(chunk)), [v for row in chunk for v in row])
+                self._insert_chunks(values, rows)
             elif (delete := _DELETE_BY_KEY.match(sql)) and all(len(row) == 1 for row in rows):
                 for chunk in _chunks(rows):
                     marks = ", ".join("?" * len(chunk))
@@ -149,14 +148,18 @@ class SqliteDatabase:
         values = _VALUES_STATEMENT.match(sql)
         if values is None:
             raise StoreError(f"no single group of placeholders to repeat in: {sql[:80]}")
-        ids: list[int] = []
         try:
-            for chunk in _chunks(rows):
-                cursor = self._db.execute(_multi_row(values, len(chunk)), [v for row in chunk for v in row])
-                last = int(cursor.lastrowid or 0)
-                ids.extend(range(last - len(chunk) + 1, last + 1))
+            return self._insert_chunks(values, rows)
         except sqlite3.Error as error:
             raise StoreError(f"SQLite: {error}") from error
+
+    def _insert_chunks(self, values: re.Match[str], rows: Sequence[Sequence[object]]) -> list[int]:
+        """`values`' statement over every row, in multi-row chunks; the rows' ids (raises sqlite3.Error)."""
+        ids: list[int] = []
+        for chunk in _chunks(rows):
+            cursor = self._db.execute(_multi_row(values, len(chunk)), [v for row in chunk for v in row])
+            last = int(cursor.lastrowid or 0)
+            ids.extend(range(last - len(chunk) + 1, last + 1))
         return ids
 
     @contextlib.contextmanager
