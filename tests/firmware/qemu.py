@@ -347,8 +347,21 @@ class QemuDevice:
             self.relay.max_uploads_in_flight = max(self.relay.max_uploads_in_flight, in_flight)
             self.relay.note()
 
+    def summary(self) -> str:
+        """What passed on the line, for a failing test's captured output."""
+        relay = self.relay
+        tail = "\n  ".join(relay.lines[-25:])
+        return (
+            f"relay: connections={relay.connections} to_device={relay.bytes_to_device}B "
+            f"dropped_while_booting={relay.bytes_dropped_while_booting}B booting={self._booting} "
+            f"uploads={len(relay.uploads)} upload_replies={relay.upload_replies} "
+            f"last_offsets={[u.offset for u in relay.uploads[-5:]]} device_gone={relay.device_gone}\n"
+            f"console tail:\n  {tail}"
+        )
+
     async def stop(self) -> None:
         """Stop QEMU and the relay."""
+        print(self.summary())
         self.drop_link()
         if self._server is not None:
             self._server.close()
