@@ -28,7 +28,6 @@ class ImageFacts:
 
     version: str
     """As the device reports it: "major.minor.revision", plus ".build" when the build is not 0."""
-    version_key: tuple[int, int, int, int]
     image_hash: bytes
     """The SHA256 TLV: what image state reads report and state writes name."""
     size_bytes: int
@@ -38,20 +37,6 @@ def format_version(major: int, minor: int, revision: int, build: int) -> str:
     """Format an image version the way Zephyr's img_mgmt does."""
     text = f"{major}.{minor}.{revision}"
     return f"{text}.{build}" if build else text
-
-
-def version_key(version: str) -> tuple[int, int, int, int]:
-    """Order versions as MCUboot compares them (major, minor, revision, build).
-
-    Raises:
-        ImageError: the text is not a dotted version of up to four numbers.
-    """
-    core = version.split("+", 1)[0].split("-", 1)[0]
-    parts = core.split(".")
-    if not 1 <= len(parts) <= 4 or not all(p.isdigit() for p in parts):
-        raise ImageError(f"not a numeric version: {version!r}")
-    numbers = [int(p) for p in parts] + [0] * (4 - len(parts))
-    return numbers[0], numbers[1], numbers[2], numbers[3]
 
 
 def inspect_image(data: bytes) -> ImageFacts:
@@ -86,7 +71,6 @@ def inspect_image(data: bytes) -> ImageFacts:
     ver = header.ver
     return ImageFacts(
         version=format_version(ver.major, ver.minor, ver.revision, ver.build_num),
-        version_key=(ver.major, ver.minor, ver.revision, ver.build_num),
         image_hash=hashes[0],
         size_bytes=len(data),
     )

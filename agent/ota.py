@@ -28,7 +28,7 @@ from agent.errors import (
     SmpError,
     TransportError,
 )
-from agent.firmware import inspect_image, version_key
+from agent.firmware import inspect_image
 from agent.ota_decisions import (
     AwaitReboot,
     DeviceView,
@@ -50,6 +50,7 @@ from agent.smp.frame import Group, McumgrErr
 from agent.smp.upload import WindowLimits
 from agent.uploader import upload_image
 from schemas import JobOutcome, JobPhase, OtaCommand, ReasonCode
+from schemas.versions import is_version, same_version
 
 IMG_ERR_CURRENT_VERSION_IS_NEWER: Final = 27
 """img_mgmt group error: the `upgrade` check refused an image that is not newer."""
@@ -185,7 +186,14 @@ class OtaJob:
         )
         image = await asyncio.to_thread(path.read_bytes)
         facts = inspect_image(image)
-        if version_key(facts.version) != version_key(command.target_version):
+        if not is_version(command.target_version):
+            raise _end(
+                JobOutcome.REJECTED,
+                ReasonCode.INVALID_COMMAND,
+                retryable=False,
+                detail=f"target version {command.target_version!r} cannot be ordered",
+            )
+        if not same_version(facts.version, command.target_version):
             raise _end(
                 JobOutcome.REJECTED,
                 ReasonCode.VERSION_MISMATCH,

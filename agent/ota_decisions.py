@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, assert_never
 
-from agent.errors import ImageError
-from agent.firmware import version_key
 from agent.smp.commands import SlotState
 from schemas import JobOutcome, JobPhase, ReasonCode
+from schemas.versions import InvalidVersion, same_version, version_key
 
 PHASES_AFTER_TEST_WRITE: Final = frozenset({JobPhase.REBOOTING, JobPhase.VERIFYING, JobPhase.CONFIRMING})
 """Journal phases recorded only after the device accepted the test request."""
@@ -202,14 +201,6 @@ def past_point_of_no_return(target: Target, view: DeviceView) -> bool:
     return _holds_pending_target(view, target)
 
 
-def same_version(reported: str, version: str) -> bool:
-    """Whether a version the device reports is `version` (an unreadable one never is)."""
-    try:
-        return version_key(reported) == version_key(version)
-    except ImageError:
-        return False
-
-
 def _runs_target(view: DeviceView, target: Target) -> bool:
     running = view.slot(0)
     return running is not None and running.hash_sha256 == target.image_hash
@@ -225,7 +216,7 @@ def _current_version(view: DeviceView) -> str:
 
 def _refusal(target: Target, current_version: str) -> Finish | None:
     expected = target.expected_current_version
-    if expected is not None and current_version != expected:
+    if expected is not None and not same_version(current_version, expected):
         return Finish(
             JobOutcome.REJECTED,
             ReasonCode.WRONG_CURRENT_VERSION,
@@ -237,7 +228,7 @@ def _refusal(target: Target, current_version: str) -> Finish | None:
         return None
     try:
         not_newer = version_key(current_version) >= version_key(target.version)
-    except ImageError:
+    except InvalidVersion:
         return None  # an unknown current version cannot be compared; the device's own check decides
     if not_newer:
         return Finish(

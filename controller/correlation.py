@@ -27,7 +27,7 @@ from controller.releases import (
     Unanswered,
     UpToDate,
 )
-from controller.rollout_engine.versions import version_key
+from schemas.versions import InvalidVersion, version_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,8 @@ class Exclusion(StrEnum):
     REFUSED = "refused"
     UNANSWERED = "unanswered"
     OTHER_RELEASE = "other_release"
+    UNORDERED_VERSION = "unordered_version"
+    """The device's version or Memfault's offer cannot be ordered (see `schemas.versions`)."""
     DELTA_ONLY = "delta_only"
     NO_DIGEST = "no_digest"
 
@@ -113,12 +115,20 @@ def correlate(  # noqa: PLR0911 (one return per exclusion; reads as the rules ab
 
 
 def _offer(facts: DeviceFacts, offer: ReleaseOffer, target_version: str) -> Correlation:
-    on_target = version_key(offer.version) == version_key(target_version)
-    hop = (
-        not on_target
-        and offer.must_pass_through
-        and version_key(facts.current_version) < version_key(offer.version) < version_key(target_version)
-    )
+    try:
+        offered = version_key(offer.version)
+    except InvalidVersion as error:
+        return Excluded(
+            Exclusion.UNORDERED_VERSION, f"memfault offers a version that cannot be ordered: {error}"
+        )
+    on_target = offered == version_key(target_version)
+    hop = False
+    if not on_target and offer.must_pass_through:
+        try:
+            current = version_key(facts.current_version)
+        except InvalidVersion as error:
+            return Excluded(Exclusion.UNORDERED_VERSION, f"the device's version cannot be ordered: {error}")
+        hop = current < offered < version_key(target_version)
     if not on_target and not hop:
         return Excluded(Exclusion.OTHER_RELEASE, f"memfault offers {offer.version}, not {target_version}")
     artifact: ArtifactRef | None = offer.artifact

@@ -16,9 +16,9 @@ from typing import Final
 from controller.correlation import Correlation, DeviceFacts, Excluded, Exclusion, Install, correlate
 from controller.correlation_view import CorrelationView, Freshness, read_facts
 from controller.rollout_engine.model import Candidate, GatewayLink
-from controller.rollout_engine.versions import version_key
 from controller.store.executor import StoreExecutor
 from controller.store.fleet_store import FleetStore, GatewayRecord
+from schemas.versions import InvalidVersion, version_key
 
 
 @dataclass
@@ -181,7 +181,7 @@ class RegistryView:
             if not found:
                 return Resolution(None, "device unknown")
             fact = found[0]
-        if ran_hop and version_key(fact.current_version) < version_key(ran_hop):
+        if ran_hop and _older(fact.current_version, ran_hop):
             fact = replace(fact, current_version=ran_hop)
         if outage := view.outage():
             return Resolution(
@@ -210,3 +210,11 @@ class Resolution:
     paused: bool = False
     """The hold is a Memfault outage (the rollout's dispatch is paused)."""
     current_version: str = ""
+
+
+def _older(reported: str, installed: str) -> bool:
+    """Whether the device's report is older than a hop it just installed (an unorderable one is)."""
+    try:
+        return version_key(reported) < version_key(installed)
+    except InvalidVersion:
+        return True

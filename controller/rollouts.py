@@ -35,7 +35,6 @@ from controller.rollout_engine.effects import Audit, Cancel, Dispatch, Effect, G
 from controller.rollout_engine.machine import RolloutMachine
 from controller.rollout_engine.model import Candidate, FlowView
 from controller.rollout_engine.planner import plan_rollout
-from controller.rollout_engine.versions import version_key
 from controller.settings import SchedulerConfig
 from controller.store.executor import StoreExecutor
 from controller.store.fleet_store import FleetStore, GatewayRecord, InboxItem, PendingCommand, RolloutRecord
@@ -73,6 +72,7 @@ from schemas import (
     channels,
     paginate_plan,
 )
+from schemas.versions import is_version, same_version, version_key
 from service_runtime.mqtt import Outbound
 
 log = structlog.get_logger("mcufleet.controller.rollouts")
@@ -314,6 +314,7 @@ class RolloutCoordinator:
             result.outcome is JobOutcome.SUCCEEDED
             and bool(result.running_version)
             and machine.job_gateway(result.job_id) is not None
+            and is_version(result.running_version)
             and version_key(result.running_version) < version_key(machine.spec.target_version)
         )
 
@@ -622,7 +623,7 @@ class RolloutCoordinator:
             more = machine.on_not_sent(dispatch.job_id, now, resolution.hold_s, resolution.reason)
             await self._carry_out(machine, more, now, step)
             return
-        if install is None and version_key(resolution.current_version or "0") == version_key(target):
+        if install is None and same_version(resolution.current_version, target):
             # The device already runs the target (its result was lost, say, when a controller died
             # between the broker's acknowledgement and the inbox): done, nothing to flash.
             more = machine.on_result(

@@ -16,6 +16,7 @@ from schemas.ids import (
     ShortText,
     Version,
 )
+from schemas.versions import InvalidVersion, version_key
 
 T = TypeVar("T")
 _ENCODER = msgspec.json.Encoder()
@@ -122,6 +123,13 @@ class RolloutSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     )
     deadlines: PhaseDeadlines = msgspec.field(default_factory=PhaseDeadlines)
     allow_downgrade: bool = False
+
+    def __post_init__(self) -> None:
+        """A target that cannot be ordered is refused here: every later comparison may rely on it."""
+        try:
+            version_key(self.target_version)
+        except InvalidVersion as error:
+            raise ValueError(f"target_version: {error}") from None
 
 
 class RolloutStatus(enum.StrEnum):

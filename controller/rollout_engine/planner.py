@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from controller.rollout_engine.model import Candidate, best_link
-from controller.rollout_engine.versions import version_key
 from schemas import (
     DeviceSerial,
     ExcludedDevice,
@@ -26,6 +25,7 @@ from schemas import (
     RolloutSpec,
     Selector,
 )
+from schemas.versions import InvalidVersion, same_version, version_key
 
 
 def order_key(rollout_id: str, serial: str) -> bytes:
@@ -51,18 +51,28 @@ def selected(selector: Selector, candidate: Candidate, sites: set[str]) -> bool:
 
 def exclusion(spec: RolloutSpec, candidate: Candidate) -> str:
     """Why a selected device cannot be in the plan ("" when it can)."""
-    if candidate.current_version == spec.target_version:
+    if same_version(candidate.current_version, spec.target_version):
         return "already on the target version"
     if candidate.offered_version is None:
         # The correlation core's reason says it all (up to date, refused, unanswered, delta only...).
         return candidate.refusal or "memfault offers nothing: up to date"
-    if candidate.offered_version != spec.target_version:
+    if not same_version(candidate.offered_version, spec.target_version):
         return f"memfault offers {candidate.offered_version}, not {spec.target_version}"
-    if not spec.allow_downgrade and version_key(spec.target_version) < version_key(candidate.current_version):
-        return f"downgrade from {candidate.current_version} refused"
+    if refusal := _downgrade_refusal(spec, candidate.current_version):
+        return refusal
     if best_link(candidate.links) is None:
         return "no online gateway hears it"
     return ""
+
+
+def _downgrade_refusal(spec: RolloutSpec, current_version: str) -> str:
+    if spec.allow_downgrade:
+        return ""
+    try:
+        current = version_key(current_version)
+    except InvalidVersion as error:
+        return f"its version cannot be ordered, so a downgrade cannot be ruled out: {error}"
+    return f"downgrade from {current_version} refused" if version_key(spec.target_version) < current else ""
 
 
 def wave_sizes(spec: RolloutSpec, eligible: int) -> list[int]:

@@ -23,10 +23,10 @@ from agent.ota_decisions import (
     cancellable,
     decide,
     past_point_of_no_return,
-    same_version,
 )
 from agent.smp.commands import SlotState
 from schemas import JobOutcome, JobPhase, ReasonCode
+from schemas.versions import same_version
 
 TARGET_HASH = b"\x11" * 32
 OLD_HASH = b"\x22" * 32

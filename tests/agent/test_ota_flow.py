@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import cbor2
+import msgspec
 
 from agent.ota import JobReport, OtaJob
 from agent.smp import commands
@@ -171,6 +172,32 @@ async def test_a_wrong_current_version_is_rejected_before_any_upload(tmp_path: P
     device = memory_device()
     report, _ = await run_job(device, tmp_path, command("j1", "M1", expected_current_version="0.9.0"))
     assert (report.outcome, report.reason) == (JobOutcome.REJECTED, ReasonCode.WRONG_CURRENT_VERSION)
+    assert not any(upload_offset(frame) is not None for frame in device.sent_frames)
+
+
+async def test_a_target_spelled_with_a_leading_v_is_the_image_version(tmp_path: Path) -> None:
+    """Memfault's `v1.1.0` names the image 1.1.0 (the shared order): the job runs, not BAD_IMAGE."""
+    device = memory_device()
+    job = msgspec.structs.replace(command("j1", "M1"), target_version="v1.1.0")
+    report, _ = await run_job(device, tmp_path, job)
+    assert (report.outcome, report.reason, report.running_version) == (
+        JobOutcome.SUCCEEDED,
+        ReasonCode.OK,
+        "1.1.0",
+    )
+
+
+async def test_a_target_that_cannot_be_ordered_is_rejected_with_the_reason(tmp_path: Path) -> None:
+    """A target such as `latest` is refused as an invalid command before any byte reaches the device."""
+    device = memory_device()
+    job = msgspec.structs.replace(command("j1", "M1"), target_version="latest")
+    report, _ = await run_job(device, tmp_path, job)
+    assert (report.outcome, report.reason, report.retryable) == (
+        JobOutcome.REJECTED,
+        ReasonCode.INVALID_COMMAND,
+        False,
+    )
+    assert "cannot be ordered" in report.detail
     assert not any(upload_offset(frame) is not None for frame in device.sent_frames)
 
 

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from controller.correlation import DeviceFacts, Excluded, Exclusion, Install, correlate
 from controller.releases import ArtifactRef, DeviceQuery, DeviceRefused, ReleaseOffer, Unanswered, UpToDate
-from controller.rollout_engine.versions import version_key
+from schemas.versions import version_key
 
 VERSIONS = ["1.0.0", "1.1.0", "1.5.0", "2.0.0", "2.1.0"]
 TARGET = "2.0.0"
@@ -142,3 +142,21 @@ def test_a_payload_without_sha256_installs_with_md5_and_none_without_any_digest(
     result = correlate(facts, bare, facts.query(), TARGET)
     assert isinstance(result, Excluded)
     assert result.reason is Exclusion.NO_DIGEST
+
+
+def test_versions_are_compared_in_the_shared_order() -> None:
+    """`v2.0.0` is the target 2.0.0; an offer or a device version that cannot be ordered excludes with why."""
+    facts = DeviceFacts("S1", "hw", "app", "1.0.0", "key")
+    spelled = ReleaseOffer(1, "v2.0.0", False, False, _artifact("f.bin"))
+    assert correlate(facts, spelled, facts.query(), TARGET) == Install(
+        "v2.0.0", _artifact("f.bin"), delta=False, hop=False
+    )
+    odd_offer = ReleaseOffer(1, "nightly", False, True, _artifact("f.bin"))
+    result = correlate(facts, odd_offer, facts.query(), TARGET)
+    assert isinstance(result, Excluded) and result.reason is Exclusion.UNORDERED_VERSION
+    assert "memfault offers" in result.detail
+    odd_device = DeviceFacts("S1", "hw", "app", "build-42", "key")
+    hop = ReleaseOffer(1, "1.5.0", False, True, _artifact("h.bin"))
+    result = correlate(odd_device, hop, odd_device.query(), TARGET)
+    assert isinstance(result, Excluded) and result.reason is Exclusion.UNORDERED_VERSION
+    assert "device's version" in result.detail

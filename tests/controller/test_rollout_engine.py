@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -106,6 +107,32 @@ def test_exclusions_carry_reasons() -> None:
     assert reasons["DARK"] == "no online gateway hears it"
     assert "downgrade" in reasons["DOWN"]
     assert "ELSE" not in reasons  # another software type is simply not a candidate
+
+
+def test_versions_follow_the_shared_order_in_the_plan() -> None:
+    """`v1.1.0` is the target 1.1.0; rc.10 above rc.9 is a downgrade; an unorderable version is excluded."""
+    base = candidates(4)
+    devices = [
+        Candidate("SPELLED", "hw-a", "app", "v1.1.0", base[0].links, None, "latest"),
+        Candidate("RC10", "hw-a", "app", "1.2.0-rc.10", base[1].links, "1.2.0-rc.9"),
+        Candidate("RC8", "hw-a", "app", "1.2.0-rc.8", base[2].links, "1.2.0-rc.9"),
+        Candidate("ODD", "hw-a", "app", "nightly", base[3].links, "1.2.0-rc.9"),
+    ]
+    plan = _plan(spec(target_version="1.2.0-rc.9", waves=[WaveSpec(percent=100)]), devices)
+    reasons = {e.device_serial: e.reason for e in plan.excluded}
+    assert [d.device_serial for d in plan.waves[0].devices] == ["RC8"]
+    assert "downgrade from 1.2.0-rc.10" in reasons["RC10"]
+    assert "cannot be ordered" in reasons["ODD"]
+    same = _plan(spec(waves=[WaveSpec(percent=100)]), devices[:1])
+    assert [e.reason for e in same.excluded] == ["already on the target version"]
+
+
+@pytest.mark.parametrize("target", ["latest", "1.2.3.4.5", "v"])
+def test_a_rollout_whose_target_cannot_be_ordered_is_refused(target: str) -> None:
+    """The spec refuses the target at decode, with the reason (so no comparison later can fail)."""
+    payload = msgspec.json.encode({"software_type": "app", "target_version": target})
+    with pytest.raises(msgspec.ValidationError, match="target_version"):
+        msgspec.json.decode(payload, type=RolloutSpec)
 
 
 def test_selector_limits_devices() -> None:

@@ -17,6 +17,7 @@ def test_all_lists_every_public_name_and_nothing_else() -> None:
         "presence",
         "rollout",
         "topics",
+        "versions",
     }
     assert set(schemas.__all__) == public - modules
     assert schemas.__all__ == sorted(schemas.__all__, key=lambda n: (not n.isupper(), n))
