@@ -302,6 +302,7 @@ class JobRunner:
             retryable=report.retryable,
             detail=report.detail[:4000],
             running_version=report.running_version[:256],
+            old_image_running=report.old_image_running,
             uploads=report.uploads if uploads is None else uploads,
             finished_at=self._now(),
         )

@@ -52,6 +52,8 @@ from agent.uploader import upload_image
 from schemas import JobOutcome, JobPhase, OtaCommand, ReasonCode
 from schemas.versions import is_version, same_version
 
+AFTER_TEST_BOOT: Final = "; it may run the unconfirmed test image until its next reset"
+"""Said of a device silent after its test boot: MCUboot reverts only on the next reset."""
 IMG_ERR_CURRENT_VERSION_IS_NEWER: Final = 27
 """img_mgmt group error: the `upgrade` check refused an image that is not newer."""
 T = TypeVar("T")
@@ -89,6 +91,9 @@ class JobReport:
     detail: str = ""
     running_version: str = ""
     uploads: int = 0
+    old_image_running: bool | None = None
+    """After a failed test boot: True when the device is back on its confirmed previous image,
+    None when that is not known (it never answered after the reset)."""
 
 
 class ProgressSink(Protocol):
@@ -171,6 +176,7 @@ class OtaJob:
             report.detail,
             report.running_version,
             self.uploads,
+            report.old_image_running,
         )
 
     async def _flow(self) -> JobReport:
@@ -226,6 +232,7 @@ class OtaJob:
                             step.retryable,
                             step.detail[:1000],
                             step.running_version,
+                            old_image_running=step.old_image_running,
                         )
                     case Upload():
                         async with self._upload_slot:
@@ -371,8 +378,9 @@ class OtaJob:
                 raise _end(
                     JobOutcome.FAILED,
                     ReasonCode.REBOOT_TIMEOUT,
-                    retryable=True,
-                    detail=f"no reboot within {self._settings.reboot_timeout_s} s ({log_detail})",
+                    retryable=False,  # a failed boot of the release: the same build must not go again
+                    detail=f"no reboot within {self._settings.reboot_timeout_s} s ({log_detail})"
+                    + AFTER_TEST_BOOT,
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._settings.reconnect_max_s)
@@ -411,8 +419,10 @@ class OtaJob:
                     raise _end(
                         JobOutcome.FAILED,
                         reason,
-                        retryable=True,
-                        detail=f"device did not answer within {deadline_s} s: {error}",
+                        # After the test boot, silence is a failed boot of the release, not a link fault.
+                        retryable=reason is not ReasonCode.REBOOT_TIMEOUT,
+                        detail=f"device did not answer within {deadline_s:.0f} s: {error}"
+                        + (AFTER_TEST_BOOT if reason is ReasonCode.REBOOT_TIMEOUT else ""),
                     ) from None
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay_s or self._settings.reconnect_max_s)

@@ -96,6 +96,8 @@ class Finish:
     retryable: bool
     detail: str = ""
     running_version: str = ""
+    old_image_running: bool | None = None
+    """After a failed test boot: whether the device answered on its previous confirmed image."""
 
 
 Step = Upload | RequestTest | RequestReset | AwaitReboot | RequestConfirm | Finish
@@ -250,6 +252,7 @@ def _reverted(view: DeviceView) -> Finish:
         retryable=False,
         detail=f"the device booted {version or 'no image'} again",
         running_version=version,
+        old_image_running=running is not None and running.confirmed,
     )
 
 

@@ -198,9 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("spec", type=Path)
     for name in ("preview", "resume", "status", "watch"):
         commands.add_parser(name).add_argument("rollout_id")
-    start = commands.add_parser("start", help="start a rollout, approving its current plan")
+    start = commands.add_parser(
+        "start", help="start a rollout: shows the plan it approves and asks first (or --plan-id / --yes)"
+    )
     start.add_argument("rollout_id")
-    start.add_argument("--plan-id", default="", help="default: the plan currently published")
+    start.add_argument("--plan-id", default="", help="the plan id to approve, as `preview` printed it")
+    start.add_argument("--yes", action="store_true", help="approve the plan shown without asking")
     for name in ("pause", "abort"):
         sub = commands.add_parser(name)
         sub.add_argument("rollout_id")
@@ -404,7 +407,7 @@ async def _main(args: argparse.Namespace, profile: Profile) -> int:
         ) from None
 
 
-async def _command(
+async def _command(  # noqa: PLR0911 (one return per way a command ends)
     client: OperatorClient,
     *,
     tree: TopicTree,
@@ -422,6 +425,11 @@ async def _command(
     plan_topic = tree.topic(TopicKind.ROLLOUT_PLAN, rollout_id=args.rollout_id)
     if args.command == "preview":
         before = await _retained(client, plan_topic, timeout_s)
+    if args.command == "start" and not args.plan_id:
+        approved = await _confirm_plan(client, tree, args, timeout_s)
+        if isinstance(approved, Exit):
+            return approved
+        args.plan_id = approved
     request = await _request(client, tree, args, profile)
     if signing_key is not None:
         request = sign_request(request, profile.signing_key_id, signing_key, datetime.now(UTC))
@@ -444,6 +452,30 @@ async def _command(
     return Exit.OK
 
 
+async def _confirm_plan(
+    client: aiomqtt.Client, tree: TopicTree, args: argparse.Namespace, timeout_s: float
+) -> str | Exit:
+    """Show the plan a start would approve; its id once `--yes` or the operator confirms it.
+
+    The controller refuses a start without a plan id, so what starts is always a plan someone saw.
+    """
+    plan = await read_plan(client, tree, args.rollout_id, timeout_s)
+    if plan is None:
+        sys.stderr.write(f"no plan published for {args.rollout_id}: run `mcufleet rollout preview` first\n")
+        return Exit.REJECTED
+    print_plan(plan, Console(stderr=True), hint=False)
+    if args.yes:
+        return plan.plan_id
+    if not sys.stdin.isatty():
+        sys.stderr.write(f"not started: confirm plan {plan.plan_id} with --yes or --plan-id {plan.plan_id}\n")
+        return Exit.USAGE
+    answer = await asyncio.to_thread(input, f"start plan {plan.plan_id}? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        sys.stderr.write("not started\n")
+        return Exit.REJECTED
+    return plan.plan_id
+
+
 async def _request(  # noqa: PLR0911 (one return per subcommand)
     client: aiomqtt.Client, tree: TopicTree, args: argparse.Namespace, profile: Profile
 ) -> OperatorRequest:
@@ -463,13 +495,7 @@ async def _request(  # noqa: PLR0911 (one return per subcommand)
         case "preview":
             return PreviewRollout(**common, rollout_id=rollout_id)
         case "start":
-            plan_id = args.plan_id
-            if not plan_id:
-                plan = await _retained(
-                    client, tree.topic(TopicKind.ROLLOUT_PLAN, rollout_id=rollout_id), profile.timeout_s
-                )
-                plan_id = plan.plan_id if isinstance(plan, RolloutPlanSummary) else ""
-            return StartRollout(**common, rollout_id=rollout_id, plan_id=plan_id)
+            return StartRollout(**common, rollout_id=rollout_id, plan_id=args.plan_id)
         case "pause":
             return PauseRollout(**common, rollout_id=rollout_id, reason=args.reason)
         case "resume":
@@ -610,7 +636,7 @@ async def read_plan(
     return None
 
 
-def print_plan(plan: RolloutPlan, console: Console) -> None:
+def print_plan(plan: RolloutPlan, console: Console, *, hint: bool = True) -> None:
     """The plan an operator approves: waves with their gateways, exclusions, the estimate."""
     devices = sum(len(wave.devices) for wave in plan.waves)
     console.print(
@@ -628,7 +654,8 @@ def print_plan(plan: RolloutPlan, console: Console) -> None:
     console.print(table)
     for excluded in plan.excluded:
         console.print(f"excluded {excluded.device_serial}: {excluded.reason}")
-    console.print(f"start it with: mcufleet rollout start {plan.rollout_id} --plan-id {plan.plan_id}")
+    if hint:
+        console.print(f"start it with: mcufleet rollout start {plan.rollout_id} --plan-id {plan.plan_id}")
 
 
 def _kind(topic: str) -> TopicKind:

@@ -183,6 +183,10 @@ class JobResult(msgspec.Struct, frozen=True, kw_only=True):
     detail: LongText = ""
     running_version: ShortText = ""
     """The version the device runs after the job, when known."""
+    old_image_running: bool | None = None
+    """After a failed test boot: True when the device answered on its previous confirmed image
+    (MCUboot reverted), None when it never answered (reboot_timeout: it may run the unconfirmed test
+    image until its next reset)."""
     uploads: Annotated[int, msgspec.Meta(ge=0)] = 0
     """How many times an image was written to the device for this job (never more than one flash)."""
     finished_at: datetime

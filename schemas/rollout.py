@@ -60,8 +60,9 @@ class GateSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """When a wave may be promoted and when a rollout must stop."""
 
     success_threshold: Ratio = 0.95
-    """Share of attempted devices that must succeed before promotion."""
+    """Share of outcomes decided at the device that must succeed before promotion (docs/gates.md)."""
     min_sample: Count = 1
+    """Decided outcomes below which a wave never promotes: it holds for an operator's resume."""
     failure_threshold: Ratio = 0.2
     """Failure rate whose lower confidence bound trips the gate."""
     failure_min_sample: Count = 3
@@ -75,6 +76,24 @@ class RetrySpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
     backoff_s: Seconds = 30.0
     backoff_factor: Annotated[float, msgspec.Meta(ge=1, le=10)] = 2.0
+
+
+class PenaltySpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The penalty box: devices that keep failing are parked, gateways that keep failing cool down.
+
+    Load shedding (gateway_busy) and Memfault outages never count against a device or a gateway.
+    """
+
+    device_failures: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2
+    """Failed attempts within `device_window_s` that park a device until an operator retries it."""
+    device_window_s: Seconds = 3600.0
+    gateway_failures: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 5
+    """Transport failures (unreachable, upload failed, timed out) within `gateway_window_s` that
+    stop new jobs to a gateway for a cooling period; its devices go to other gateways that hear them."""
+    gateway_window_s: Seconds = 600.0
+    gateway_cooldown_s: Seconds = 300.0
+    """The first cooling period; each further one in a row doubles, up to `gateway_cooldown_max_s`."""
+    gateway_cooldown_max_s: Seconds = 3600.0
 
 
 class FlowSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -117,6 +136,7 @@ class RolloutSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     )
     gates: GateSpec = msgspec.field(default_factory=GateSpec)
     retry: RetrySpec = msgspec.field(default_factory=RetrySpec)
+    penalty: PenaltySpec = msgspec.field(default_factory=PenaltySpec)
     flow: FlowSpec = msgspec.field(default_factory=FlowSpec)
     windows: Annotated[list[MaintenanceWindow], msgspec.Meta(max_length=16)] = msgspec.field(
         default_factory=list
@@ -157,6 +177,8 @@ class DeviceJobState(enum.StrEnum):
     REVERTED = "reverted"
     CANCELED = "canceled"
     UNREACHABLE = "unreachable"
+    PARKED = "parked"
+    """In the penalty box: failed `penalty.device_failures` times lately; out until `retry_failed`."""
 
 
 class PlannedDevice(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -413,6 +435,7 @@ class StateCounts(msgspec.Struct, frozen=True, kw_only=True):
     reverted: int = 0
     canceled: int = 0
     unreachable: int = 0
+    parked: int = 0
 
 
 class GateVerdict(enum.StrEnum):
@@ -425,24 +448,40 @@ class GateVerdict(enum.StrEnum):
 
 
 class GateDecision(msgspec.Struct, frozen=True, kw_only=True):
-    """A gate evaluation that changed something."""
+    """A gate evaluation that changed something, with the numbers to check it by hand (docs/gates.md)."""
 
     at: datetime
     wave: int
     verdict: GateVerdict
     reason: ShortText = ""
     attempted: int = 0
+    """Jobs of the wave that ended with a result: `decided` plus `not_counted`."""
     succeeded: int = 0
     failed: int = 0
+    """Failures decided at the device (failed upload, failed boot, verify, timeout after progress)."""
+    decided: int = 0
+    """The denominator: `succeeded` plus `failed`."""
+    not_counted: int = 0
+    """Jobs that ended before reaching the device (rejected, expired, unheard): never counted."""
+    remaining: int = 0
+    """Devices of the wave whose job had not ended."""
+    failure_rate: float = 0.0
     failure_lower_bound: float = 0.0
+    short_sample: bool = False
+    """Fewer than `min_sample` decided: held for an operator (or promoted on one's resume)."""
 
 
 class WaveState(msgspec.Struct, frozen=True, kw_only=True):
-    """Counts of one wave."""
+    """Counts of one wave, and the gate's evidence so far."""
 
     index: int
     size: int
     counts: StateCounts
+    decided: int = 0
+    """Outcomes decided at the device (the gate's denominator)."""
+    decided_failed: int = 0
+    not_counted: int = 0
+    """Ended before reaching the device: shown apart, never for or against the release."""
 
 
 MAX_GATEWAYS_IN_STATE = 256
@@ -457,6 +496,8 @@ class GatewayProgress(msgspec.Struct, frozen=True, kw_only=True):
     succeeded: Annotated[int, msgspec.Meta(ge=0)] = 0
     failed: Annotated[int, msgspec.Meta(ge=0)] = 0
     """Attempts through this gateway that ended without success (a device may retry elsewhere)."""
+    cooled_until: datetime | None = None
+    """While set and in the future, the gateway gets no new jobs (the penalty box)."""
 
 
 class RolloutState(msgspec.Struct, frozen=True, kw_only=True):

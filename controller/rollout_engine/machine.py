@@ -29,7 +29,15 @@ import msgspec
 from controller.errors import RolloutError
 from controller.rollout_engine.cron import open_window_start, parse_cron, zone
 from controller.rollout_engine.effects import Audit, Cancel, Dispatch, Effect, GateDecided
-from controller.rollout_engine.gates import evaluate_gate
+from controller.rollout_engine.gates import (
+    FAILED_BOOTS,
+    Evidence,
+    GateResult,
+    WaveEvidence,
+    evaluate_gate,
+    evidence_of,
+    evidence_of_timeout,
+)
 from controller.rollout_engine.model import FlowView, best_link
 from controller.rollout_engine.records import DeviceRecord, RolloutSnapshot
 from schemas import (
@@ -50,10 +58,27 @@ from schemas import (
 from schemas.rollout import MAX_GATEWAYS_IN_STATE
 
 ACTIVE = {DeviceJobState.PENDING, DeviceJobState.WAITING, DeviceJobState.IN_FLIGHT}
-RETRYABLE_STATES = {DeviceJobState.FAILED, DeviceJobState.TIMED_OUT, DeviceJobState.UNREACHABLE}
+RETRYABLE_STATES = {
+    DeviceJobState.FAILED,
+    DeviceJobState.TIMED_OUT,
+    DeviceJobState.UNREACHABLE,
+    DeviceJobState.PARKED,
+}
+TRANSPORT_FAILURES = {ReasonCode.DEVICE_UNREACHABLE, ReasonCode.UPLOAD_FAILED}
+"""Results that blame the link through a gateway (with the controller's own timeouts)."""
 BUSY_RETRY_S = 5.0
 GATE_REASON_PREFIX = "failure gate: "
 """How a pause or abort by the failure gate (not by an operator) starts its reason."""
+SHORT_SAMPLE_PREFIX = "gate: "
+"""How a hold on a short sample starts its reason (an operator's resume accepts the sample)."""
+TERMINAL_EVIDENCE_OF_STATE = {
+    DeviceJobState.SUCCEEDED: Evidence.SUCCESS,
+    DeviceJobState.FAILED: Evidence.FAILURE,
+    DeviceJobState.TIMED_OUT: Evidence.FAILURE,
+    DeviceJobState.REVERTED: Evidence.FAILURE,
+    DeviceJobState.REJECTED: Evidence.NOT_COUNTED,
+}
+"""What records saved before evidence was recorded are read as."""
 NO_GATEWAY = "no online gateway hears it"
 NO_GATEWAY_YET = "waiting for a gateway that hears it"
 UNHEARD_RECHECK_S = 2.0
@@ -84,12 +109,17 @@ def _ts(now: datetime) -> float:
     return now.timestamp()
 
 
+def _cooled_until(until_s: float) -> datetime | None:
+    return datetime.fromtimestamp(until_s, UTC) if until_s else None
+
+
 class RolloutMachine:
     """The state of one rollout and every transition it may take."""
 
     def __init__(self, snapshot: RolloutSnapshot) -> None:
         self._s = snapshot
         self._counts: list[dict[DeviceJobState, int]] = []
+        self._evidence: list[dict[Evidence, int]] = []
         self._ready: list[deque[str]] = []
         self._backoff: list[tuple[float, str]] = []
         self._in_flight: dict[str, DeviceRecord] = {}
@@ -165,13 +195,17 @@ class RolloutMachine:
     def _rebuild_indexes(self) -> None:
         waves = len(self._s.plan.waves) if self._s.plan else 0
         self._counts = [dict.fromkeys(DeviceJobState, 0) for _ in range(waves)]
+        self._evidence = [dict.fromkeys(Evidence, 0) for _ in range(waves)]
         self._ready = [deque() for _ in range(waves)]
         self._backoff = []
         self._in_flight = {}
         self._jobs = {}
         for serial in self._s.order:
             record = self._s.devices[serial]
+            if record.evidence is Evidence.NONE and record.state not in ACTIVE:
+                record.evidence = TERMINAL_EVIDENCE_OF_STATE.get(record.state, Evidence.NONE)
             self._counts[record.wave][record.state] += 1
+            self._evidence[record.wave][record.evidence] += 1
             if record.state is DeviceJobState.PENDING:
                 self._ready[record.wave].append(serial)
             elif record.state is DeviceJobState.WAITING:
@@ -217,7 +251,8 @@ class RolloutMachine:
     def held_by_gate(self) -> GateVerdict | None:
         """The failure gate's verdict (pause or abort) while it holds this rollout, else None."""
         held = self._s.status in (RolloutStatus.PAUSED, RolloutStatus.ABORTED)
-        if not held or not self._s.gate_decisions or not self._s.paused_reason.startswith(GATE_REASON_PREFIX):
+        by_gate = self._s.paused_reason.startswith((GATE_REASON_PREFIX, SHORT_SAMPLE_PREFIX))
+        if not held or not self._s.gate_decisions or not by_gate:
             return None
         return self._s.gate_decisions[-1].verdict
 
@@ -245,14 +280,23 @@ class RolloutMachine:
                 total[state.value] = total.get(state.value, 0) + count
         return StateCounts(**total)
 
+    def wave_evidence(self, wave: int) -> WaveEvidence:
+        """The gate's input for one wave: decided outcomes, those not counted, devices remaining."""
+        tally, counts = self._evidence[wave], self._counts[wave]
+        return WaveEvidence(
+            succeeded=tally[Evidence.SUCCESS],
+            failed=tally[Evidence.FAILURE],
+            not_counted=tally[Evidence.NOT_COUNTED],
+            remaining=sum(counts[state] for state in ACTIVE),
+            without_result=counts[DeviceJobState.CANCELED] + counts[DeviceJobState.UNREACHABLE],
+        )
+
     def state(self, now: datetime) -> RolloutState:
         """The retained state message."""
         plan = self._s.plan
         waves = []
         if plan is not None:
-            waves = [
-                WaveState(index=w.index, size=len(w.devices), counts=self.counts(w.index)) for w in plan.waves
-            ]
+            waves = [self._wave_state(w.index, len(w.devices)) for w in plan.waves]
         return RolloutState(
             rollout_id=self._s.rollout_id,  # type: ignore[arg-type]
             status=self._s.status,
@@ -268,11 +312,23 @@ class RolloutMachine:
             updated_at=now,
         )
 
+    def _wave_state(self, index: int, size: int) -> WaveState:
+        evidence = self.wave_evidence(index)
+        return WaveState(
+            index=index,
+            size=size,
+            counts=self.counts(index),
+            decided=evidence.decided,
+            decided_failed=evidence.failed,
+            not_counted=evidence.not_counted,
+        )
+
     def _gateway_progress(self) -> list[GatewayProgress]:
         in_flight: dict[str, int] = {}
         for record in self._in_flight.values():
             in_flight[record.gateway] = in_flight.get(record.gateway, 0) + 1
         gateways = set(in_flight) | set(self._s.gateway_successes) | set(self._s.gateway_failures)
+        gateways |= set(self._s.gateway_cooled_until)
         busiest = sorted(gateways, key=lambda g: (-in_flight.get(g, 0), g))[:MAX_GATEWAYS_IN_STATE]
         return [
             GatewayProgress(
@@ -280,6 +336,7 @@ class RolloutMachine:
                 in_flight=in_flight.get(g, 0),
                 succeeded=self._s.gateway_successes.get(g, 0),
                 failed=self._s.gateway_failures.get(g, 0),
+                cooled_until=_cooled_until(self._s.gateway_cooled_until.get(g, 0.0)),
             )
             for g in sorted(busiest)
         ]
@@ -311,6 +368,11 @@ class RolloutMachine:
         plan = self._s.plan
         if self._s.status is not RolloutStatus.PLANNED or plan is None:
             raise RolloutError(f"rollout is {self._s.status}; only a planned rollout can start")
+        if not plan_id:
+            raise RolloutError(
+                f"a start must name the plan it approves (the current plan is {plan.plan_id!r}): "
+                "preview it and start with its id"
+            )
         if plan_id != plan.plan_id:
             raise RolloutError(f"plan {plan_id!r} is not the current plan {plan.plan_id!r}; preview again")
         self._s.status = RolloutStatus.RUNNING
@@ -330,6 +392,9 @@ class RolloutMachine:
         """Resume a paused rollout."""
         if self._s.status is not RolloutStatus.PAUSED:
             raise RolloutError(f"rollout is {self._s.status}; only a paused rollout can resume")
+        if self._s.paused_reason.startswith(SHORT_SAMPLE_PREFIX):
+            # Resuming a hold on a short sample is the operator's acceptance of that sample.
+            self._s.short_sample_accepted_wave = self._s.current_wave
         self._s.status, self._s.paused_reason = RolloutStatus.RUNNING, ""
         self._s.soak_until = None
         return [Audit("resumed", "")]
@@ -370,7 +435,7 @@ class RolloutMachine:
             record = self._s.devices.get(serial)
             if record is None or record.state not in RETRYABLE_STATES:
                 continue
-            record.attempts, record.tried = 0, []
+            record.attempts, record.tried, record.failures_at = 0, [], []
             self._set_state(serial, DeviceJobState.PENDING, "retry requested")
             retried += 1
         if retried and self._s.status is RolloutStatus.COMPLETED:
@@ -398,15 +463,43 @@ class RolloutMachine:
         if reason is ReasonCode.DUPLICATE_JOB and outcome is not JobOutcome.SUCCEEDED:
             # A repeated failure lost its original reason on the way: count it, but allow a retry.
             retryable = True
+        evidence = evidence_of(outcome, reason)
         if outcome is JobOutcome.SUCCEEDED:
-            self._set_state(serial, DeviceJobState.SUCCEEDED, reason.value)
+            self._set_state(serial, DeviceJobState.SUCCEEDED, reason.value, evidence)
             self._s.ramp_cap = min(self._s.spec.flow.max_in_flight, self._s.ramp_cap * 2)
             self._s.gateway_successes[record.gateway] = self._s.gateway_successes.get(record.gateway, 0) + 1
+            self._s.gateway_coolings.pop(record.gateway, None)
             return []
-        self._s.gateway_failures[record.gateway] = self._s.gateway_failures.get(record.gateway, 0) + 1
         if reason is ReasonCode.GATEWAY_BUSY:
-            record.attempts -= 1  # load shedding never consumes an attempt
+            # Load shedding says nothing about the device or its gateway: no attempt, no failure.
+            record.attempts -= 1
             return self._wait(serial, _ts(now) + BUSY_RETRY_S, "gateway busy", avoid=record.gateway)
+        self._s.gateway_failures[record.gateway] = self._s.gateway_failures.get(record.gateway, 0) + 1
+        effects = self._strike(record.gateway, _ts(now)) if reason in TRANSPORT_FAILURES else []
+        if evidence is Evidence.FAILURE or reason in TRANSPORT_FAILURES:
+            # The ramp backs off as failures rise: each halves the in-flight budget (a success doubles it).
+            self._s.ramp_cap = max(1, self._s.ramp_cap // 2)
+        return effects + self._after_failure(
+            serial, record, outcome=outcome, reason=reason, retryable=retryable, evidence=evidence, now=now
+        )
+
+    def _after_failure(
+        self,
+        serial: str,
+        record: DeviceRecord,
+        *,
+        outcome: JobOutcome,
+        reason: ReasonCode,
+        retryable: bool,
+        evidence: Evidence,
+        now: datetime,
+    ) -> list[Effect]:
+        if reason in FAILED_BOOTS:
+            # The device ran the test image and did not come back on it: a failure of the release,
+            # never sent the same build again automatically (whatever the agent says of a retry).
+            state = DeviceJobState.REVERTED if reason is ReasonCode.REVERTED else DeviceJobState.FAILED
+            self._set_state(serial, state, reason.value, Evidence.FAILURE)
+            return []
         if reason is ReasonCode.DEVICE_UNREACHABLE and record.gateway not in record.tried:
             record.attempts -= 1  # this gateway cannot reach it: try another before counting
             return self._wait(serial, _ts(now), "unreachable through " + record.gateway, avoid=record.gateway)
@@ -422,10 +515,44 @@ class RolloutMachine:
             and terminal in (DeviceJobState.FAILED, DeviceJobState.TIMED_OUT)
             and record.attempts < retry.max_attempts
         ):
+            if self._penalized(serial, record, _ts(now), reason.value, evidence):
+                return [Audit("parked", f"{serial}: {record.reason}"[:256])]
             backoff_s = retry.backoff_s * retry.backoff_factor ** max(0, record.attempts - 1)
             return self._wait(serial, _ts(now) + backoff_s, f"{reason.value}; retry in {backoff_s:.0f} s")
-        self._set_state(serial, terminal, reason.value)
+        self._set_state(serial, terminal, reason.value, evidence)
         return []
+
+    def _penalized(
+        self, serial: str, record: DeviceRecord, now_s: float, why: str, evidence: Evidence
+    ) -> bool:
+        """Count a failed attempt; park the device once it failed `device_failures` times lately."""
+        penalty = self._s.spec.penalty
+        record.failures_at = [t for t in record.failures_at if now_s - t < penalty.device_window_s]
+        record.failures_at.append(now_s)
+        if len(record.failures_at) < penalty.device_failures:
+            return False
+        window_min = penalty.device_window_s / 60
+        reason = f"parked: {len(record.failures_at)} failures within {window_min:.0f} min (last: {why})"
+        self._set_state(serial, DeviceJobState.PARKED, reason, evidence)
+        return True
+
+    def _strike(self, gateway: str, now_s: float) -> list[Effect]:
+        """Count a transport failure; cool the gateway once it had `gateway_failures` lately."""
+        penalty = self._s.spec.penalty
+        strikes = [
+            t for t in self._s.gateway_strikes.get(gateway, []) if now_s - t < penalty.gateway_window_s
+        ]
+        strikes.append(now_s)
+        if len(strikes) < penalty.gateway_failures:
+            self._s.gateway_strikes[gateway] = strikes
+            return []
+        coolings = self._s.gateway_coolings.get(gateway, 0)
+        cool_s = min(penalty.gateway_cooldown_max_s, penalty.gateway_cooldown_s * 2**coolings)
+        self._s.gateway_cooled_until[gateway] = now_s + cool_s
+        self._s.gateway_coolings[gateway] = coolings + 1
+        self._s.gateway_strikes.pop(gateway, None)
+        detail = f"{gateway}: {len(strikes)} transport failures; no new jobs for {cool_s:.0f} s"
+        return [Audit("gateway_cooled", detail)]
 
     def on_not_sent(self, job_id: str, now: datetime, retry_in_s: float, reason: str) -> list[Effect]:
         """The coordinator did not send a job (Memfault's answer is stale, or Memfault is down).
@@ -516,11 +643,15 @@ class RolloutMachine:
 
     def _after_timeout(self, serial: str, record: DeviceRecord, now_s: float, why: str) -> list[Effect]:
         retry = self._s.spec.retry
+        evidence = evidence_of_timeout(progressed=record.progress_at > record.dispatched_at)
+        effects = self._strike(record.gateway, now_s)
         if record.attempts < retry.max_attempts:
+            if self._penalized(serial, record, now_s, f"timed out ({why})", evidence):
+                return [*effects, Audit("parked", f"{serial}: {record.reason}"[:256])]
             backoff_s = retry.backoff_s * retry.backoff_factor ** max(0, record.attempts - 1)
-            return self._wait(serial, now_s + backoff_s, f"timed out ({why})", avoid=record.gateway)
-        self._set_state(serial, DeviceJobState.TIMED_OUT, why)
-        return []
+            return effects + self._wait(serial, now_s + backoff_s, f"timed out ({why})", avoid=record.gateway)
+        self._set_state(serial, DeviceJobState.TIMED_OUT, why, evidence)
+        return effects
 
     def _release_backoffs(self, now_s: float) -> None:
         while self._backoff and self._backoff[0][0] <= now_s:
@@ -534,9 +665,12 @@ class RolloutMachine:
         if plan is None:
             return []
         wave = self._s.current_wave
-        counts = self._counts[wave]
-        wave_done = not any(counts[state] for state in ACTIVE)
-        verdict, reason, bound = evaluate_gate(self._s.spec.gates, self.counts(wave), wave_done=wave_done)
+        gate = evaluate_gate(
+            self._s.spec.gates,
+            self.wave_evidence(wave),
+            short_sample_accepted=self._s.short_sample_accepted_wave == wave,
+        )
+        verdict, reason = gate.verdict, gate.reason
         if verdict is GateVerdict.WAIT:
             return []
         if verdict is GateVerdict.PROMOTE:
@@ -544,33 +678,36 @@ class RolloutMachine:
                 self._s.soak_until = now_s + plan.waves[wave].soak_s
             if now_s < self._s.soak_until:
                 return []
-            effects = self._decide(now, wave, verdict, reason, bound)
+            effects = self._decide(now, wave, gate)
             self._s.soak_until = None
             if wave + 1 >= len(plan.waves):
                 self._s.status = RolloutStatus.COMPLETED
                 return [*effects, Audit("completed", f"{self.counts().succeeded} devices updated")]
             self._s.current_wave, self._s.wave_started_at = wave + 1, now_s
             return effects
-        effects = self._decide(now, wave, verdict, reason, bound)
+        effects = self._decide(now, wave, gate)
+        prefix = SHORT_SAMPLE_PREFIX if gate.short_sample else GATE_REASON_PREFIX
         if verdict is GateVerdict.ABORT:
-            return effects + self.abort(f"{GATE_REASON_PREFIX}{reason}", now)
-        self._s.status, self._s.paused_reason = RolloutStatus.PAUSED, f"{GATE_REASON_PREFIX}{reason}"
+            return effects + self.abort(f"{prefix}{reason}", now)
+        self._s.status, self._s.paused_reason = RolloutStatus.PAUSED, f"{prefix}{reason}"[:256]
         return [*effects, Audit("paused", self._s.paused_reason)]
 
-    def _decide(
-        self, now: datetime, wave: int, verdict: GateVerdict, reason: str, bound: float
-    ) -> list[Effect]:
-        counts = self.counts(wave)
-        attempted = counts.succeeded + counts.failed + counts.rejected + counts.timed_out + counts.reverted
+    def _decide(self, now: datetime, wave: int, gate: GateResult) -> list[Effect]:
+        evidence = gate.evidence
         decision = GateDecision(
             at=now,
             wave=wave,
-            verdict=verdict,
-            reason=reason[:256],
-            attempted=attempted,
-            succeeded=counts.succeeded,
-            failed=attempted - counts.succeeded,
-            failure_lower_bound=round(bound, 4),
+            verdict=gate.verdict,
+            reason=gate.reason[:256],
+            attempted=evidence.decided + evidence.not_counted,
+            succeeded=evidence.succeeded,
+            failed=evidence.failed,
+            decided=evidence.decided,
+            not_counted=evidence.not_counted,
+            remaining=evidence.remaining,
+            failure_rate=round(gate.failure_rate, 4),
+            failure_lower_bound=round(gate.failure_lower_bound, 4),
+            short_sample=gate.short_sample,
         )
         self._s.gate_decisions.append(decision)
         return [GateDecided(decision)]
@@ -583,6 +720,7 @@ class RolloutMachine:
             return []
         by_gateway = dict(flow.in_flight_by_gateway)
         by_site = dict(flow.in_flight_by_site)
+        cooled = {g for g, until_s in self._s.gateway_cooled_until.items() if until_s > now_s}
         effects: list[Effect] = []
         skips = 0
         for wave in range(self._s.current_wave + 1):
@@ -597,7 +735,8 @@ class RolloutMachine:
                 choices = tuple(
                     link
                     for link in links
-                    if by_gateway.get(link.gateway_id, 0) < spec.flow.max_in_flight_per_gateway
+                    if link.gateway_id not in cooled
+                    and by_gateway.get(link.gateway_id, 0) < spec.flow.max_in_flight_per_gateway
                     and (
                         spec.flow.max_in_flight_per_site is None
                         or by_site.get(link.site, 0) < spec.flow.max_in_flight_per_site
@@ -608,7 +747,7 @@ class RolloutMachine:
                     if not any(candidate.online for candidate in links):
                         effects += self._unheard(serial, record, now_s)
                     else:
-                        kept.append(serial)  # waiting for a radio slot: no attempt consumed
+                        kept.append(serial)  # waiting for a radio slot or a cooled gateway: no attempt
                     skips += 1
                     continue
                 by_gateway[link.gateway_id] = by_gateway.get(link.gateway_id, 0) + 1
@@ -689,11 +828,17 @@ class RolloutMachine:
         heapq.heappush(self._backoff, (at_s, serial))
         return []
 
-    def _set_state(self, serial: str, state: DeviceJobState, reason: str) -> None:
+    def _set_state(
+        self, serial: str, state: DeviceJobState, reason: str, evidence: Evidence = Evidence.NONE
+    ) -> None:
         record = self._s.devices[serial]
         counts = self._counts[record.wave]
         counts[record.state] -= 1
         counts[state] += 1
+        tally = self._evidence[record.wave]
+        tally[record.evidence] -= 1
+        tally[evidence] += 1
+        record.evidence = evidence
         if record.state is DeviceJobState.IN_FLIGHT:
             self._in_flight.pop(serial, None)
         if state is DeviceJobState.IN_FLIGHT:

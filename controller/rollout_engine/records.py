@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from controller.rollout_engine.gates import Evidence
 from schemas import DeviceJobState, GateDecision, RolloutPlan, RolloutSpec, RolloutStatus
 
 
@@ -24,6 +25,10 @@ class DeviceRecord(msgspec.Struct, kw_only=True):
     """Gateways that already failed this device (routing avoids them while others hear it)."""
     unheard_since: float = 0.0
     """When dispatch last found no online gateway for it (0: it was heard at the last try)."""
+    failures_at: list[float] = msgspec.field(default_factory=list)
+    """When its recent attempts failed (the penalty box parks it at `penalty.device_failures`)."""
+    evidence: Evidence = Evidence.NONE
+    """What its ended job says about the release (the gate counts it); NONE while not ended."""
 
 
 class RolloutSnapshot(msgspec.Struct, kw_only=True):
@@ -41,6 +46,8 @@ class RolloutSnapshot(msgspec.Struct, kw_only=True):
     soak_until: float | None = None
     gate_decisions: list[GateDecision] = msgspec.field(default_factory=list)
     paused_reason: str = ""
+    short_sample_accepted_wave: int = -1
+    """The wave whose short sample an operator accepted by resuming the hold on it."""
     job_seq: int = 0
     started: int = 0
     ramp_cap: int = 0
@@ -51,3 +58,8 @@ class RolloutSnapshot(msgspec.Struct, kw_only=True):
     window_pending: int = 0
     gateway_successes: dict[str, int] = msgspec.field(default_factory=dict)
     gateway_failures: dict[str, int] = msgspec.field(default_factory=dict)
+    gateway_strikes: dict[str, list[float]] = msgspec.field(default_factory=dict)
+    """Recent transport failures per gateway (within `penalty.gateway_window_s`)."""
+    gateway_cooled_until: dict[str, float] = msgspec.field(default_factory=dict)
+    gateway_coolings: dict[str, int] = msgspec.field(default_factory=dict)
+    """Coolings in a row per gateway (each doubles the next); a success through it resets them."""

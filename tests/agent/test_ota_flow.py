@@ -122,6 +122,32 @@ async def test_a_bad_build_ends_reverted_with_the_old_version_running(tmp_path: 
     assert running_slot(device) == ("1.0.0", True)
 
 
+async def test_a_device_silent_after_its_test_boot_is_a_failed_boot_not_retried(tmp_path: Path) -> None:
+    """Nothing answers after the reset: REBOOT_TIMEOUT, not retryable, the old image not known to run."""
+    holder: list[MemoryDevice] = []
+
+    def silent_after_boot(frame: bytes) -> bytes | None:
+        return None if holder[0].device.boots else frame
+
+    device = memory_device(reply_filter=silent_after_boot)
+    holder.append(device)
+    report, phases = await run_job(device, tmp_path, command("j1", "M1"))
+    assert (report.outcome, report.reason, report.retryable) == (
+        JobOutcome.FAILED,
+        ReasonCode.REBOOT_TIMEOUT,
+        False,
+    )
+    assert report.old_image_running is None and "unconfirmed test image" in report.detail
+    assert JobPhase.REBOOTING in phases and device.device.boots
+
+
+async def test_a_reverted_device_is_known_back_on_its_old_image(tmp_path: Path) -> None:
+    """The agent says which failed boot happened: reverted, and the previous image confirmed again."""
+    device = memory_device(faults=FaultPlan(bad_build_versions=frozenset({"1.1.0"})))
+    report, _ = await run_job(device, tmp_path, command("j1", "M1"))
+    assert (report.reason, report.old_image_running) == (ReasonCode.REVERTED, True)
+
+
 async def test_a_link_drop_mid_upload_resumes_from_the_device_offset(tmp_path: Path) -> None:
     """The link drops at half the image: the upload goes on from the device's offset, not from 0."""
     device = memory_device(link=LinkProfile(buf_size_bytes=512, buf_count=4))

@@ -53,12 +53,23 @@ class World:
     open_jobs: dict[str, Dispatch] = field(default_factory=dict)
     max_in_flight_seen: int = 0
     max_per_gateway_seen: int = 0
+    max_per_site_seen: int = 0
 
     def flow(self) -> FlowView:
         per_gateway: dict[str, int] = {}
+        per_site: dict[str, int] = {}
         for job in self.open_jobs.values():
             per_gateway[job.gateway_id] = per_gateway.get(job.gateway_id, 0) + 1
-        return FlowView(in_flight_by_gateway=per_gateway, links=self._links)
+            site = self.site_of(job.gateway_id)
+            per_site[site] = per_site.get(site, 0) + 1
+        return FlowView(in_flight_by_gateway=per_gateway, in_flight_by_site=per_site, links=self._links)
+
+    def site_of(self, gateway_id: str) -> str:
+        """The site of a gateway, as the devices' links name it."""
+        return next(
+            (link.site for c in self.devices.values() for link in c.links if link.gateway_id == gateway_id),
+            "",
+        )
 
     def _links(self, serial: str) -> tuple[GatewayLink, ...]:
         return tuple(
@@ -75,8 +86,9 @@ class World:
                 self.dispatched.append(effect)
                 self.open_jobs[effect.job_id] = effect
         self.max_in_flight_seen = max(self.max_in_flight_seen, len(self.open_jobs))
-        per_gateway = self.flow().in_flight_by_gateway
-        self.max_per_gateway_seen = max([self.max_per_gateway_seen, *per_gateway.values()])
+        flow = self.flow()
+        self.max_per_gateway_seen = max([self.max_per_gateway_seen, *flow.in_flight_by_gateway.values()])
+        self.max_per_site_seen = max([self.max_per_site_seen, *flow.in_flight_by_site.values()])
         for job_id, dispatch in list(self.open_jobs.items()):
             answer = self.answer(dispatch)
             if answer is None:

@@ -37,6 +37,7 @@ async def rollout_cli(broker: MosquittoBroker, *args: str) -> tuple[int, str, st
         "--operator",
         "alice",
         *args,
+        stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
@@ -74,7 +75,12 @@ async def test_an_operator_drives_a_rollout_with_the_cli(broker: MosquittoBroker
         assert f"{len(serials)} devices in 2 waves" in out
         assert "gw-0" in out
         assert "mcufleet rollout start r-cli --plan-id" in out
+        # Without a plan id and nothing to confirm on: the plan is shown and nothing starts.
         code, out, err = await rollout_cli(broker, "start", "r-cli")
+        assert code == 2 and "not started: confirm plan" in err and "2 waves" in err, (out, err)
+        code, out, err = await rollout_cli(broker, "status", "r-cli")
+        assert json.loads(out)["status"] == "planned"
+        code, out, err = await rollout_cli(broker, "start", "r-cli", "--yes")
         assert code == 0 and out.startswith("accepted"), (out, err)
 
         code, out, err = await rollout_cli(broker, "watch", "r-cli")

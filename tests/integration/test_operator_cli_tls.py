@@ -145,6 +145,7 @@ async def rollout_cli(profile: Path, *args: str) -> tuple[int, str, str]:
         "mcufleet",
         "rollout",
         *args,
+        stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={"COLUMNS": "160", "PATH": "/usr/bin:/bin", "MCUFLEET_CLI_CONFIG": str(profile)},
@@ -223,7 +224,7 @@ async def test_an_operator_certificate_drives_a_rollout_to_completion(tmp_path: 
             code, out, err = await rollout_cli(profile, "preview", "r-tls")
             assert code == Exit.OK, err
             assert f"{len(serials)} devices in 2 waves" in out and "gw-1" in out
-            code, out, err = await rollout_cli(profile, "start", "r-tls")
+            code, out, err = await rollout_cli(profile, "start", "r-tls", "--yes")
             assert code == Exit.OK and out.startswith("accepted"), (out, err)
             code, out, err = await rollout_cli(profile, "watch", "r-tls")
             assert code == Exit.OK and "rollout r-tls completed" in err, err
