@@ -79,6 +79,7 @@ from schemas.rollout import (
     StateCounts,
     WaveSpec,
     WaveState,
+    WindowEnd,
     assemble_plan,
     paginate_plan,
 )
@@ -162,6 +163,7 @@ __all__ = [
     "Transport",
     "WaveSpec",
     "WaveState",
+    "WindowEnd",
     "assemble_plan",
     "decode",
     "decode_as",

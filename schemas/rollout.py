@@ -107,12 +107,23 @@ class FlowSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """When set, the in-flight cap starts here and doubles after each success until the cap."""
 
 
+class WindowEnd(enum.StrEnum):
+    """What happens to a job still running when its maintenance window closes."""
+
+    FINISH = "finish"
+    """It runs to its end (the window bounds starts only)."""
+    CANCEL = "cancel"
+    """It is canceled unless it already asked for its test boot (the agent finishes those); the
+    device starts again in the next window, its attempt given back."""
+
+
 class MaintenanceWindow(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A recurring window in which jobs may start (cron in the given time zone)."""
+    """A recurring window in which jobs may start (five-field Vixie cron in the given time zone)."""
 
     cron: Annotated[str, msgspec.Meta(min_length=9, max_length=128)]
     duration_s: Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)]
     timezone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"
+    at_end: WindowEnd = WindowEnd.FINISH
 
 
 class PhaseDeadlines(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

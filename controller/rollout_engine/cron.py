@@ -1,8 +1,19 @@
 """Maintenance windows: five-field cron expressions (minute hour day month weekday) in a time zone.
 
-A window is open at `now` when some start matched by the cron expression lies in
-`(now - duration, now]`. Only what operators write in practice is supported: `*`, numbers, ranges,
-lists and steps (`*/15`, `1-5`, `0,30`); weekday 0 and 7 are Sunday.
+A window occurrence starts at every time the expression matches, in the window's time zone, and
+lasts `duration_s` of real (elapsed) time: it is open at `now` when its latest start is at most
+`duration_s` before `now`.
+
+Matching is cronsim's (Healthchecks.io's maintained cron library), chosen over croniter for its
+Vixie/Debian semantics and its DST rules, both tested against cron itself:
+
+- day-of-month and day-of-week are ORed when both are restricted (`0 2 1 * 1` is the 1st of the
+  month *and* every Monday), ANDed when either starts with `*`;
+- a start that falls in a DST gap (02:30 on the spring-forward night) runs at the first minute
+  after the gap, once; a start in the overlap (01:30 on the fall-back night) runs once, at its
+  first occurrence; `*`-hour and `*`-minute expressions follow the wall clock, as cron does.
+
+Pure: no I/O and no clock (every function takes `now`).
 """
 
 from __future__ import annotations
@@ -11,67 +22,33 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from cronsim import CronSim, CronSimError
+
 from controller.errors import RolloutError
 
-_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+_FIELDS = 5
 
 
 @dataclass(frozen=True, slots=True)
 class CronSchedule:
-    """The sets of minutes, hours, days, months and weekdays a cron expression matches."""
+    """A validated five-field cron expression."""
 
-    minutes: frozenset[int]
-    hours: frozenset[int]
-    days: frozenset[int]
-    months: frozenset[int]
-    weekdays: frozenset[int]
-
-    def matches(self, moment: datetime) -> bool:
-        """Whether a start at this (local) minute is scheduled."""
-        weekday = (moment.weekday() + 1) % 7  # cron: Sunday is 0
-        return (
-            moment.minute in self.minutes
-            and moment.hour in self.hours
-            and moment.day in self.days
-            and moment.month in self.months
-            and weekday in self.weekdays
-        )
+    expression: str
 
 
 def parse_cron(expression: str) -> CronSchedule:
-    """Parse a five-field cron expression.
+    """Validate a five-field cron expression (cronsim's syntax: lists, ranges, steps, names, L, #).
 
     Raises:
-        RolloutError: the expression is malformed.
+        RolloutError: the expression is malformed, or it has seconds (six fields).
     """
-    fields = expression.split()
-    if len(fields) != 5:
-        raise RolloutError(f"cron {expression!r}: expected 5 fields")
-    sets = [
-        _parse_field(text, low, high, expression) for text, (low, high) in zip(fields, _RANGES, strict=True)
-    ]
-    weekdays = frozenset(0 if day == 7 else day for day in sets[4])
-    return CronSchedule(sets[0], sets[1], sets[2], sets[3], weekdays)
-
-
-def _parse_field(text: str, low: int, high: int, expression: str) -> frozenset[int]:
-    values: set[int] = set()
-    for part in text.split(","):
-        body, _, step_text = part.partition("/")
-        try:
-            step = int(step_text) if step_text else 1
-            if body == "*":
-                start, end = low, high
-            elif "-" in body:
-                start, end = (int(x) for x in body.split("-", 1))
-            else:
-                start = end = int(body)
-        except ValueError:
-            raise RolloutError(f"cron {expression!r}: bad field {text!r}") from None
-        if step < 1 or start < low or end > high or start > end:
-            raise RolloutError(f"cron {expression!r}: {text!r} outside {low}-{high}")
-        values.update(range(start, end + 1, step))
-    return frozenset(values)
+    if len(expression.split()) != _FIELDS:
+        raise RolloutError(f"cron {expression!r}: expected 5 fields (minute hour day month weekday)")
+    try:
+        CronSim(expression, datetime(2026, 1, 1))
+    except CronSimError as error:
+        raise RolloutError(f"cron {expression!r}: {error}") from None
+    return CronSchedule(expression)
 
 
 def zone(name: str) -> ZoneInfo:
@@ -86,17 +63,24 @@ def open_window_start(
     schedule: CronSchedule, tz: ZoneInfo, duration_s: float, now: datetime
 ) -> datetime | None:
     """The start of the window occurrence open at `now`, or None when the window is closed."""
-    local = now.astimezone(tz).replace(second=0, microsecond=0)
-    earliest = local - timedelta(seconds=duration_s)
-    moment = local
-    while moment > earliest:
-        if moment.month not in schedule.months or moment.day not in schedule.days:
-            moment = moment.replace(hour=0, minute=0) - timedelta(minutes=1)
-            continue
-        if moment.hour not in schedule.hours:
-            moment = moment.replace(minute=0) - timedelta(minutes=1)
-            continue
-        if schedule.matches(moment):
-            return moment
-        moment -= timedelta(minutes=1)
-    return None
+    local = now.astimezone(tz)
+    # Iterating in reverse yields starts strictly before the given time: one second on includes `now`.
+    previous = _first(
+        CronSim(schedule.expression, local.replace(microsecond=0) + timedelta(seconds=1), reverse=True)
+    )
+    # Timestamps, not datetime subtraction: two datetimes in one zone subtract as wall clock.
+    if previous is None or now.timestamp() - previous.timestamp() >= duration_s:
+        return None
+    return previous
+
+
+def next_window_start(schedule: CronSchedule, tz: ZoneInfo, after: datetime) -> datetime | None:
+    """The first window start strictly after `after` (None: the expression never matches again)."""
+    return _first(CronSim(schedule.expression, after.astimezone(tz).replace(microsecond=0)))
+
+
+def _first(starts: CronSim) -> datetime | None:
+    try:
+        return next(starts)
+    except StopIteration:
+        return None

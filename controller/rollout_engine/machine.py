@@ -47,6 +47,7 @@ from schemas import (
     GatewayId,
     GatewayProgress,
     JobOutcome,
+    MaintenanceWindow,
     ReasonCode,
     RolloutPlan,
     RolloutSpec,
@@ -54,6 +55,7 @@ from schemas import (
     RolloutStatus,
     StateCounts,
     WaveState,
+    WindowEnd,
 )
 from schemas.rollout import MAX_GATEWAYS_IN_STATE
 
@@ -463,6 +465,11 @@ class RolloutMachine:
         if reason is ReasonCode.DUPLICATE_JOB and outcome is not JobOutcome.SUCCEEDED:
             # A repeated failure lost its original reason on the way: count it, but allow a retry.
             retryable = True
+        if outcome is JobOutcome.CANCELED and record.window_canceled:
+            # Canceled at its window's end before the test boot: it goes again in the next window.
+            record.attempts -= 1
+            self._set_state(serial, DeviceJobState.PENDING, "window closed; next window")
+            return []
         evidence = evidence_of(outcome, reason)
         if outcome is JobOutcome.SUCCEEDED:
             self._set_state(serial, DeviceJobState.SUCCEEDED, reason.value, evidence)
@@ -633,6 +640,11 @@ class RolloutMachine:
         deadlines = self._s.spec.deadlines
         effects: list[Effect] = []
         for serial, record in list(self._in_flight.items()):
+            if record.cancel_at and now_s >= record.cancel_at and not record.window_canceled:
+                # Its window closed: the agent cancels it unless the test boot was already asked for.
+                record.window_canceled = True
+                self._dirty.add(serial)
+                effects.append(Cancel(record.job_id, record.gateway, "maintenance window closed"))
             stalled = now_s - record.progress_at > deadlines.no_progress_s
             overdue = now_s - record.dispatched_at > deadlines.job_total_s
             if stalled or overdue:
@@ -781,6 +793,9 @@ class RolloutMachine:
         record.unheard_since = 0.0
         record.job_id, record.gateway = job_id, gateway_id
         record.dispatched_at = record.progress_at = now_s
+        record.window_canceled = False
+        window = self._open_window(now)
+        record.cancel_at = window[1] if window is not None and window[0].at_end is WindowEnd.CANCEL else 0.0
         if gateway_id not in record.tried:
             record.tried.append(gateway_id)
         self._jobs[job_id] = serial
@@ -797,15 +812,21 @@ class RolloutMachine:
         self._s.tokens_at = now_s
         return math.floor(self._s.tokens)
 
-    def _window_budget(self, now: datetime) -> int:
-        windows = self._s.spec.windows
-        if not windows:
-            return 1 << 30
-        for window in windows:
+    def _open_window(self, now: datetime) -> tuple[MaintenanceWindow, float, float] | None:
+        """The first window open at `now`: (window, its end, its start) in epoch seconds."""
+        for window in self._s.spec.windows:
             start = open_window_start(parse_cron(window.cron), zone(window.timezone), window.duration_s, now)
-            if start is None:
-                continue
-            start_s = start.astimezone(UTC).timestamp()
+            if start is not None:
+                start_s = start.astimezone(UTC).timestamp()
+                return window, start_s + window.duration_s, start_s
+        return None
+
+    def _window_budget(self, now: datetime) -> int:
+        if not self._s.spec.windows:
+            return 1 << 30
+        open_now = self._open_window(now)
+        if open_now is not None:
+            window, _, start_s = open_now
             if self._s.window_started_at != start_s:
                 # A new window: spread the devices still to start evenly across it.
                 self._s.window_started_at, self._s.window_base = start_s, self._s.started

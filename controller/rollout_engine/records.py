@@ -27,6 +27,10 @@ class DeviceRecord(msgspec.Struct, kw_only=True):
     """When dispatch last found no online gateway for it (0: it was heard at the last try)."""
     failures_at: list[float] = msgspec.field(default_factory=list)
     """When its recent attempts failed (the penalty box parks it at `penalty.device_failures`)."""
+    cancel_at: float = 0.0
+    """When its job is canceled because its maintenance window closed (0: it may finish)."""
+    window_canceled: bool = False
+    """The job in flight was canceled by its window's end: a canceled result gives the attempt back."""
     evidence: Evidence = Evidence.NONE
     """What its ended job says about the release (the gate counts it); NONE while not ended."""
 

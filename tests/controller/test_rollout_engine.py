@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.errors import RolloutError
-from controller.rollout_engine.cron import open_window_start, parse_cron, zone
 from controller.rollout_engine.effects import Cancel, Dispatch, GateDecided
 from controller.rollout_engine.gates import wilson_lower_bound
 from controller.rollout_engine.machine import RolloutMachine
@@ -338,18 +337,6 @@ def test_maintenance_window_gates_starts() -> None:
     for _ in range(10):
         world.step(advance_s=60)  # into the window (13:00-13:09)
     assert 0 < len(world.dispatched) < 60
-
-
-def test_cron_parser_and_window_lookup() -> None:
-    """Weekday ranges and steps parse; a window found in its own time zone."""
-    schedule = parse_cron("*/15 2 * * 1-5")
-    assert schedule.minutes == frozenset({0, 15, 30, 45}) and schedule.weekdays == frozenset({1, 2, 3, 4, 5})
-    start = open_window_start(
-        parse_cron("0 13 * * *"), zone("Europe/Paris"), 3600, T0
-    )  # 13:00 Paris = 12:00 UTC
-    assert start is not None and start.hour == 13
-    with pytest.raises(RolloutError):
-        parse_cron("61 * * * *")
 
 
 def test_operator_transitions_are_checked() -> None:
