@@ -644,18 +644,30 @@ def print_plan(plan: RolloutPlan, console: Console, *, hint: bool = True) -> Non
         f"{len(plan.waves)} waves, image {plan.image_size_bytes} bytes, "
         f"estimated {plan.estimated_duration_s:.0f} s"
     )
-    table = Table("wave", "devices", "gateways", "soak (s)")
+    table = Table("wave", "devices", "gateways", "soak (s)", "expected start", "expected end")
     for wave in plan.waves:
         per_gateway: dict[str, int] = {}
         for device in wave.devices:
             per_gateway[device.gateway_id] = per_gateway.get(device.gateway_id, 0) + 1
         spread = ", ".join(f"{gateway} {count}" for gateway, count in sorted(per_gateway.items()))
-        table.add_row(str(wave.index), str(len(wave.devices)), spread, f"{wave.soak_s:.0f}")
+        table.add_row(
+            str(wave.index),
+            str(len(wave.devices)),
+            spread,
+            f"{wave.soak_s:.0f}",
+            _when(wave.expected_start),
+            _when(wave.expected_end),
+        )
     console.print(table)
     for excluded in plan.excluded:
         console.print(f"excluded {excluded.device_serial}: {excluded.reason}")
     if hint:
         console.print(f"start it with: mcufleet rollout start {plan.rollout_id} --plan-id {plan.plan_id}")
+
+
+def _when(moment: datetime | None) -> str:
+    """A UTC minute, or why there is none."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if moment is not None else "no window opens"
 
 
 def _kind(topic: str) -> TopicKind:

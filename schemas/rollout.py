@@ -206,6 +206,10 @@ class PlannedWave(msgspec.Struct, frozen=True, kw_only=True):
     index: int
     devices: list[PlannedDevice]
     soak_s: float = 0.0
+    expected_start: datetime | None = None
+    """When the wave's first job is expected to start (None: no maintenance window ever opens)."""
+    expected_end: datetime | None = None
+    """When its last job is expected to end, before its soak (windows, start rate, ramp, retries)."""
 
 
 class ExcludedDevice(msgspec.Struct, frozen=True, kw_only=True):
@@ -264,6 +268,8 @@ class PlannedWaveSummary(msgspec.Struct, frozen=True, kw_only=True):
     gateway_count: Annotated[int, msgspec.Meta(ge=0)] = 0
     first_page: Annotated[int, msgspec.Meta(ge=0)] = 0
     pages: Annotated[int, msgspec.Meta(ge=0)] = 0
+    expected_start: datetime | None = None
+    expected_end: datetime | None = None
 
 
 class RolloutPlanSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -363,6 +369,8 @@ def paginate_plan(
                 gateway_count=len(per_gateway),
                 first_page=first,
                 pages=len(pages) - first,
+                expected_start=wave.expected_start,
+                expected_end=wave.expected_end,
             )
         )
     excluded_first = len(pages)
@@ -404,6 +412,8 @@ def assemble_plan(summary: RolloutPlanSummary, pages: Mapping[int, RolloutPlanPa
         PlannedWave(
             index=wave.index,
             soak_s=wave.soak_s,
+            expected_start=wave.expected_start,
+            expected_end=wave.expected_end,
             devices=[
                 device
                 for page in found[wave.first_page : wave.first_page + wave.pages]

@@ -11,8 +11,19 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
+import msgspec
+
+from controller.rollout_engine.cron import (
+    CronSchedule,
+    next_window_start,
+    open_window_start,
+    parse_cron,
+    zone,
+)
 from controller.rollout_engine.model import Candidate, best_link
 from schemas import (
     DeviceSerial,
@@ -138,6 +149,14 @@ def plan_rollout(
         excluded.append(
             ExcludedDevice(device_serial=DeviceSerial(candidate.serial), reason="beyond the last wave")
         )
+    waves = estimate_waves(
+        waves,
+        spec,
+        now,
+        image_size_bytes=image_size_bytes,
+        throughput_bytes_per_s=throughput_bytes_per_s,
+        reboot_s=reboot_s,
+    )
     return RolloutPlan(
         rollout_id=RolloutId(rollout_id),
         plan_id=plan_id,
@@ -147,13 +166,7 @@ def plan_rollout(
         waves=waves,
         excluded=excluded,
         image_size_bytes=image_size_bytes,
-        estimated_duration_s=estimate_duration_s(
-            waves,
-            spec,
-            image_size_bytes=image_size_bytes,
-            throughput_bytes_per_s=throughput_bytes_per_s,
-            reboot_s=reboot_s,
-        ),
+        estimated_duration_s=estimated_duration_s(waves, now),
     )
 
 
@@ -177,25 +190,98 @@ def _canary_first(
     return [eligible[i] for i in chosen] + [item for i, item in enumerate(eligible) if i not in picked]
 
 
-def estimate_duration_s(
+EXPECTED_RETRY_SHARE = 0.1
+"""The share of extra attempts the estimate adds (transient failures retried): 10 % more jobs."""
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class _Windows:
+    """When jobs may start: always, or only inside one of the spec's maintenance windows."""
+
+    windows: tuple[tuple[CronSchedule, ZoneInfo, float], ...]
+
+    def open_at(self, moment: datetime) -> tuple[datetime, datetime] | None:
+        """The first time at or after `moment` that a job may start, and when that window ends."""
+        if not self.windows:
+            return moment, _NEVER
+        opens: list[tuple[datetime, datetime]] = []
+        for schedule, tz, duration_s in self.windows:
+            start = open_window_start(schedule, tz, duration_s, moment)
+            if start is not None:
+                opens.append((moment, start + timedelta(seconds=duration_s)))
+                continue
+            upcoming = next_window_start(schedule, tz, moment)
+            if upcoming is not None:
+                opens.append((upcoming, upcoming + timedelta(seconds=duration_s)))
+        return min(opens, default=None)
+
+
+def estimate_waves(
     waves: Sequence[PlannedWave],
     spec: RolloutSpec,
+    now: datetime,
     *,
     image_size_bytes: int,
     throughput_bytes_per_s: float,
     reboot_s: float,
-) -> float:
-    """Wave by wave: the busiest gateway's queue over its radio concurrency, plus soaks."""
-    per_device_s = image_size_bytes / max(throughput_bytes_per_s, 1.0) + reboot_s
-    total = 0.0
+) -> list[PlannedWave]:
+    """The waves with when each is expected to start and end.
+
+    Jobs run in rounds of one job's duration (upload plus reboot). A round starts only inside a
+    maintenance window (a job started in it runs to its end), holds at most the in-flight budget
+    (the global cap, the radio caps of the wave's gateways, the ramp, which doubles after each
+    round), and no more jobs than `starts_per_minute` allows; each wave has `EXPECTED_RETRY_SHARE`
+    more jobs than devices, and the next wave starts after this one's soak. A wave is never shorter
+    than its busiest gateway's queue.
+    """
+    per_job_s = image_size_bytes / max(throughput_bytes_per_s, 1.0) + reboot_s
+    flow = spec.flow
+    per_minute = flow.starts_per_minute
+    starts = _Windows(tuple((parse_cron(w.cron), zone(w.timezone), w.duration_s) for w in spec.windows))
+    ramp = flow.ramp_initial_in_flight or flow.max_in_flight
+    moment: datetime | None = now
+    estimated: list[PlannedWave] = []
     for wave in waves:
+        if moment is None or not wave.devices:
+            estimated.append(msgspec.structs.replace(wave, expected_start=moment, expected_end=moment))
+            continue
         per_gateway: dict[str, int] = {}
         for device in wave.devices:
             per_gateway[device.gateway_id] = per_gateway.get(device.gateway_id, 0) + 1
-        if not per_gateway:
+        radio = sum(min(count, flow.max_in_flight_per_gateway) for count in per_gateway.values())
+        jobs = math.ceil(len(wave.devices) * (1 + EXPECTED_RETRY_SHARE))
+        first: datetime | None = None
+        window_end = moment
+        while jobs > 0 and moment is not None:
+            if moment >= window_end:
+                found = starts.open_at(moment)
+                if found is None:
+                    moment = None
+                    break
+                moment, window_end = found
+            first = first or moment
+            batch = min(jobs, flow.max_in_flight, radio, ramp)
+            round_s = per_job_s
+            if per_minute is not None:
+                batch = min(batch, max(1, math.floor(per_minute * per_job_s / 60.0)))
+                round_s = max(per_job_s, batch * 60.0 / per_minute)
+            moment += timedelta(seconds=round_s)
+            jobs -= batch
+            ramp = min(flow.max_in_flight, ramp * 2)
+        if moment is None or first is None:
+            estimated.append(msgspec.structs.replace(wave, expected_start=first, expected_end=None))
             continue
-        busiest = max(per_gateway.values())
-        by_gateway_s = math.ceil(busiest / spec.flow.max_in_flight_per_gateway) * per_device_s
-        by_global_s = math.ceil(len(wave.devices) / spec.flow.max_in_flight) * per_device_s
-        total += max(by_gateway_s, by_global_s) + wave.soak_s
-    return round(total, 1)
+        busiest_s = math.ceil(max(per_gateway.values()) / flow.max_in_flight_per_gateway) * per_job_s
+        end = max(moment, first + timedelta(seconds=busiest_s))
+        estimated.append(msgspec.structs.replace(wave, expected_start=first, expected_end=end))
+        moment = end + timedelta(seconds=wave.soak_s)
+    return estimated
+
+
+def estimated_duration_s(waves: Sequence[PlannedWave], now: datetime) -> float:
+    """From now to the end of the last wave's soak (0 when a wave cannot start: no window opens)."""
+    if any(wave.devices and wave.expected_end is None for wave in waves):
+        return 0.0
+    ends = [wave.expected_end + timedelta(seconds=wave.soak_s) for wave in waves if wave.expected_end]
+    return round((max(ends) - now).total_seconds(), 1) if ends else 0.0
