@@ -88,8 +88,9 @@ class PenaltySpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """Failed attempts within `device_window_s` that park a device until an operator retries it."""
     device_window_s: Seconds = 3600.0
     gateway_failures: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 5
-    """Transport failures (unreachable, upload failed, timed out) within `gateway_window_s` that
-    stop new jobs to a gateway for a cooling period; its devices go to other gateways that hear them."""
+    """Devices with a transport failure through a gateway (unreachable, upload failed, timed out)
+    within `gateway_window_s` that stop new jobs to it for a cooling period; its devices go to
+    other gateways that hear them. Devices, not failures: one dark device must not cool them all."""
     gateway_window_s: Seconds = 600.0
     gateway_cooldown_s: Seconds = 300.0
     """The first cooling period; each further one in a row doubles, up to `gateway_cooldown_max_s`."""

@@ -482,7 +482,7 @@ class RolloutMachine:
             record.attempts -= 1
             return self._wait(serial, _ts(now) + BUSY_RETRY_S, "gateway busy", avoid=record.gateway)
         self._s.gateway_failures[record.gateway] = self._s.gateway_failures.get(record.gateway, 0) + 1
-        effects = self._strike(record.gateway, _ts(now)) if reason in TRANSPORT_FAILURES else []
+        effects = self._strike(record.gateway, serial, _ts(now)) if reason in TRANSPORT_FAILURES else []
         if evidence is Evidence.FAILURE or reason in TRANSPORT_FAILURES:
             # The ramp backs off as failures rise: each halves the in-flight budget (a success doubles it).
             self._s.ramp_cap = max(1, self._s.ramp_cap // 2)
@@ -543,13 +543,16 @@ class RolloutMachine:
         self._set_state(serial, DeviceJobState.PARKED, reason, evidence)
         return True
 
-    def _strike(self, gateway: str, now_s: float) -> list[Effect]:
-        """Count a transport failure; cool the gateway once it had `gateway_failures` lately."""
+    def _strike(self, gateway: str, serial: str, now_s: float) -> list[Effect]:
+        """Count a transport failure; cool the gateway once `gateway_failures` devices failed through it.
+
+        Devices, not failures: one device that nobody can reach (switched off, out of range) fails
+        through every gateway that tries it and must not cool them all.
+        """
         penalty = self._s.spec.penalty
-        strikes = [
-            t for t in self._s.gateway_strikes.get(gateway, []) if now_s - t < penalty.gateway_window_s
-        ]
-        strikes.append(now_s)
+        recent = self._s.gateway_strikes.get(gateway, {})
+        strikes = {s: t for s, t in recent.items() if now_s - t < penalty.gateway_window_s}
+        strikes[serial] = now_s
         if len(strikes) < penalty.gateway_failures:
             self._s.gateway_strikes[gateway] = strikes
             return []
@@ -558,7 +561,7 @@ class RolloutMachine:
         self._s.gateway_cooled_until[gateway] = now_s + cool_s
         self._s.gateway_coolings[gateway] = coolings + 1
         self._s.gateway_strikes.pop(gateway, None)
-        detail = f"{gateway}: {len(strikes)} transport failures; no new jobs for {cool_s:.0f} s"
+        detail = f"{gateway}: transport failures of {len(strikes)} devices; no new jobs for {cool_s:.0f} s"
         return [Audit("gateway_cooled", detail)]
 
     def on_not_sent(self, job_id: str, now: datetime, retry_in_s: float, reason: str) -> list[Effect]:
@@ -656,7 +659,7 @@ class RolloutMachine:
     def _after_timeout(self, serial: str, record: DeviceRecord, now_s: float, why: str) -> list[Effect]:
         retry = self._s.spec.retry
         evidence = evidence_of_timeout(progressed=record.progress_at > record.dispatched_at)
-        effects = self._strike(record.gateway, now_s)
+        effects = self._strike(record.gateway, serial, now_s)
         if record.attempts < retry.max_attempts:
             if self._penalized(serial, record, now_s, f"timed out ({why})", evidence):
                 return [*effects, Audit("parked", f"{serial}: {record.reason}"[:256])]

@@ -62,8 +62,8 @@ class RolloutSnapshot(msgspec.Struct, kw_only=True):
     window_pending: int = 0
     gateway_successes: dict[str, int] = msgspec.field(default_factory=dict)
     gateway_failures: dict[str, int] = msgspec.field(default_factory=dict)
-    gateway_strikes: dict[str, list[float]] = msgspec.field(default_factory=dict)
-    """Recent transport failures per gateway (within `penalty.gateway_window_s`)."""
+    gateway_strikes: dict[str, dict[str, float]] = msgspec.field(default_factory=dict)
+    """Per gateway, the devices whose jobs through it failed on the link lately, and when."""
     gateway_cooled_until: dict[str, float] = msgspec.field(default_factory=dict)
     gateway_coolings: dict[str, int] = msgspec.field(default_factory=dict)
     """Coolings in a row per gateway (each doubles the next); a success through it resets them."""

@@ -94,7 +94,7 @@ def test_a_gateway_that_keeps_failing_is_cooled_and_its_devices_move() -> None:
     world.step()  # five jobs to the strong gateway, all fail: it is cooled
     cooled = audits(world, "gateway_cooled")
     assert len(cooled) == 1 and cooled[0].detail.startswith(
-        "gw-0: 5 transport failures; no new jobs for 600 s"
+        "gw-0: transport failures of 5 devices; no new jobs for 600 s"
     )
     world.run(max_steps=300)
     assert world.machine.status is RolloutStatus.COMPLETED
@@ -115,8 +115,8 @@ def test_a_cooled_gateway_that_alone_hears_its_devices_gets_them_after_the_cooli
     devices = candidates(4, gateways=1)
     rollout = one_wave(
         flow=FlowSpec(max_in_flight=2, max_in_flight_per_gateway=2),
-        retry=RetrySpec(max_attempts=10, backoff_s=1, backoff_factor=1),
-        penalty=PenaltySpec(device_failures=10, gateway_failures=2, gateway_cooldown_s=100),
+        retry=RetrySpec(max_attempts=20, backoff_s=1, backoff_factor=1),
+        penalty=PenaltySpec(device_failures=3, gateway_failures=2, gateway_cooldown_s=100),
     )
     world = started_world(rollout, devices, answer=answer)
     world.step()
@@ -125,15 +125,33 @@ def test_a_cooled_gateway_that_alone_hears_its_devices_gets_them_after_the_cooli
     for _ in range(90):
         world.step()
     assert len(world.dispatched) == before  # nothing started while cooled
-    for _ in range(20):
+    for _ in range(400):
         world.step()
+        if len(audits(world, "gateway_cooled")) == 2:
+            break
     assert len(world.dispatched) > before
     second = audits(world, "gateway_cooled")
     assert len(second) == 2 and "no new jobs for 200 s" in second[1].detail
     state["fail"] = False
     world.now += timedelta(seconds=200)
     world.run(max_steps=500)
+    world.machine.retry_failed([], world.now)  # the devices parked on the way
+    world.run(max_steps=500)
     assert world.machine.counts().succeeded == 4
+
+
+def test_one_dark_device_does_not_cool_the_gateways_that_try_it() -> None:
+    """A device nobody reaches fails through gw-0 again and again: it is parked, gw-0 stays open."""
+    unreachable = (JobOutcome.FAILED, ReasonCode.DEVICE_UNREACHABLE, True)
+    world = started_world(
+        one_wave(penalty=PenaltySpec(device_failures=4, gateway_failures=2)),
+        candidates(3, gateways=1),
+        answer=lambda d: unreachable if d.serial == "S00000" else SUCCESS,
+    )
+    world.run(max_steps=300)
+    assert not audits(world, "gateway_cooled")
+    assert world.machine.device("S00000").state is DeviceJobState.PARKED  # type: ignore[union-attr]
+    assert world.machine.counts().succeeded == 2
 
 
 def test_load_shedding_never_counts_against_a_gateway_or_a_device() -> None:
