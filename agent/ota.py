@@ -47,7 +47,7 @@ from agent.ota_decisions import (
 from agent.session import SmpSession
 from agent.smp import commands, group128
 from agent.smp.frame import Group, McumgrErr
-from agent.smp.upload import WindowLimits
+from agent.smp.upload import UploadStalled, WindowLimits
 from agent.uploader import upload_image
 from schemas import JobOutcome, JobPhase, OtaCommand, ReasonCode
 from schemas.versions import is_version, same_version
@@ -335,7 +335,8 @@ class OtaJob:
             raise _end(
                 JobOutcome.FAILED, ReasonCode.UPLOAD_FAILED, retryable=True, detail=str(error)
             ) from None
-        except (LinkClosed, LinkTimeout) as error:
+        except (LinkClosed, LinkTimeout, UploadStalled) as error:
+            # A stall is chunks lost or refused until the window gave up: the upload failed.
             raise _end(
                 JobOutcome.FAILED, ReasonCode.UPLOAD_FAILED, retryable=True, detail=str(error)
             ) from None
