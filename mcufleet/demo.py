@@ -373,6 +373,26 @@ async def _watch(
                 observed.gateways_by_device.setdefault(result.device_serial, set()).add(result.gateway_id)
 
 
+def gate_table(state: RolloutState) -> Table:
+    """Each wave's gate verdict with the numbers behind it (docs/gates.md), to check by hand."""
+    table = Table(title="wave gates")
+    columns = ("wave", "verdict", "decided", "succeeded", "failed", "not counted", "failure rate", "bound")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for decision in state.gate_decisions:
+        table.add_row(
+            str(decision.wave),
+            decision.verdict.value,
+            str(decision.decided),
+            str(decision.succeeded),
+            str(decision.failed),
+            str(decision.not_counted),
+            f"{decision.failure_rate:.2f}",
+            f"{decision.failure_lower_bound:.2f}",
+        )
+    return table
+
+
 def _summary(  # noqa: PLR0917 (a report of six facts)
     observed: Observed,
     plan: RolloutPlan,
@@ -405,6 +425,8 @@ def _summary(  # noqa: PLR0917 (a report of six facts)
     if state is not None and state.paused_reason:
         table.add_row("paused because", state.paused_reason)
     console.print(table)
+    if state is not None and state.gate_decisions:
+        console.print(gate_table(state))
     console.print("metrics endpoints (while the demo runs):")
     for endpoint in endpoints:
         console.print(f"  {endpoint}")

@@ -33,3 +33,7 @@ def test_demo_runs_a_rollout_to_its_summary() -> None:
     # ... and every planned device ends updated or failed with a reason.
     counts = [int(n) for n in re.findall(r"│ (?:devices updated|failed: \w+) +│ +(\d+) │", result.stdout)]
     assert sum(counts) == 10, result.stdout
+    # The gate of each wave is shown with its numbers: one promote row per wave, its decided count.
+    assert "wave gates" in result.stdout
+    rows = re.findall(r"│ +(\d+) │ +promote │ +(\d+) │", result.stdout)
+    assert [int(wave) for wave, _ in rows] == list(range(waves.group(1).count(",") + 1)), result.stdout
