@@ -542,6 +542,7 @@ class RolloutCoordinator:
                 image_size_bytes=size,
                 throughput_bytes_per_s=self._settings.throughput_bytes_per_s,
                 reboot_s=self._settings.reboot_s,
+                gateway_success=self._flow().success_rate_by_gateway,
             )
             if (freshness := self._freshness.pop(rollout_id, None)) is not None:
                 plan = msgspec.structs.replace(

@@ -757,7 +757,7 @@ class RolloutMachine:
                         or by_site.get(link.site, 0) < spec.flow.max_in_flight_per_site
                     )
                 )
-                link = best_link(choices, flow, frozenset(record.tried))
+                link = best_link(choices, flow, frozenset(record.tried), prefer=record.gateway)
                 if link is None:
                     if not any(candidate.online for candidate in links):
                         effects += self._unheard(serial, record, now_s)

@@ -46,10 +46,23 @@ class FlowView:
     """The current links of a device (looked up only for devices about to start)."""
 
 
+def link_score(link: GatewayLink, success_rate: float = 1.0, load: int = 0) -> float:
+    """How well placed a gateway is to update a device (higher is better), at plan and at dispatch.
+
+    Signal first (dBm), then the gateway's track record (a success rate of 0 costs 20 dB), then its
+    load (each job in flight costs 5 dB).
+    """
+    rssi = link.rssi_dbm if link.rssi_dbm is not None else -127
+    return rssi + 20.0 * success_rate - 5.0 * load
+
+
 def best_link(
-    links: tuple[GatewayLink, ...], flow: FlowView | None = None, avoid: frozenset[str] = frozenset()
+    links: tuple[GatewayLink, ...],
+    flow: FlowView | None = None,
+    avoid: frozenset[str] = frozenset(),
+    prefer: str = "",
 ) -> GatewayLink | None:
-    """The online gateway best placed to update a device: signal, track record, then load.
+    """The online gateway with the best `link_score`; a tie goes to `prefer` (the planned gateway).
 
     Gateways in `avoid` (they just failed this device) are used only when no other one hears it.
     """
@@ -58,12 +71,12 @@ def best_link(
     if not preferred:
         return None
 
-    def score(link: GatewayLink) -> tuple[float, str]:
-        rssi = link.rssi_dbm if link.rssi_dbm is not None else -127
+    def score(link: GatewayLink) -> tuple[float, bool, str]:
         if flow is None:
-            return (-rssi, link.gateway_id)
-        success = flow.success_rate_by_gateway.get(link.gateway_id, 1.0)
-        load = flow.in_flight_by_gateway.get(link.gateway_id, 0)
-        return (-(rssi + 20.0 * success - 5.0 * load), link.gateway_id)
+            value = link_score(link)
+        else:
+            success = flow.success_rate_by_gateway.get(link.gateway_id, 1.0)
+            value = link_score(link, success, flow.in_flight_by_gateway.get(link.gateway_id, 0))
+        return (-value, link.gateway_id != prefer, link.gateway_id)
 
     return min(preferred, key=score)

@@ -2,15 +2,17 @@
 
 Eligible devices are ordered by a hash of rollout id and serial (deterministic, different for
 every rollout), and the first wave is a stratified canary: it takes one device of every hardware
-version and of every gateway present before filling up in hash order, so a bad build for one board
-or a bad gateway shows up in the canary, not in wave three. Every exclusion carries its reason.
+version, site, gateway and current version present before filling up in hash order, so a bad build
+for one board, a bad gateway or a bad path from one old version shows up in the canary, not in wave
+three. Gateways are chosen with dispatch's own score, ties spread across gateways, so the preview's
+gateway column is what dispatch will do. Every exclusion carries its reason.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -24,7 +26,7 @@ from controller.rollout_engine.cron import (
     parse_cron,
     zone,
 )
-from controller.rollout_engine.model import Candidate, best_link
+from controller.rollout_engine.model import Candidate, GatewayLink, best_link, link_score
 from schemas import (
     DeviceSerial,
     ExcludedDevice,
@@ -111,10 +113,14 @@ def plan_rollout(
     image_size_bytes: int,
     throughput_bytes_per_s: float,
     reboot_s: float,
+    gateway_success: Mapping[str, float] | None = None,
 ) -> RolloutPlan:
-    """Plan a rollout over `candidates` (the registry's devices of the spec's software type)."""
+    """Plan a rollout over `candidates` (the registry's devices of the spec's software type).
+
+    `gateway_success` is the success rate per gateway that dispatch scores links with.
+    """
     excluded: list[ExcludedDevice] = []
-    eligible: list[tuple[bytes, Candidate, str]] = []
+    chosen: list[tuple[bytes, Candidate]] = []
     for candidate in candidates:
         if candidate.software_type != spec.software_type:
             continue
@@ -125,10 +131,14 @@ def plan_rollout(
         if reason:
             excluded.append(ExcludedDevice(device_serial=DeviceSerial(candidate.serial), reason=reason))
             continue
-        link = best_link(candidate.links)
-        assert link is not None  # exclusion() guarantees a link  # noqa: S101
-        eligible.append((order_key(rollout_id, candidate.serial), candidate, link.gateway_id))
-    eligible.sort(key=lambda item: item[0])
+        chosen.append((order_key(rollout_id, candidate.serial), candidate))
+    chosen.sort(key=lambda item: item[0])
+    planned: dict[str, int] = {}
+    eligible: list[tuple[bytes, Candidate, GatewayLink]] = []
+    for key, candidate in chosen:
+        link = _route(candidate, gateway_success or {}, planned)
+        planned[link.gateway_id] = planned.get(link.gateway_id, 0) + 1
+        eligible.append((key, candidate, link))
     sizes = wave_sizes(spec, len(eligible))
     ordered = _canary_first(eligible, sizes[0] if sizes else 0)
     waves: list[PlannedWave] = []
@@ -139,10 +149,10 @@ def plan_rollout(
         devices = [
             PlannedDevice(
                 device_serial=DeviceSerial(c.serial),
-                gateway_id=GatewayId(gateway),
+                gateway_id=GatewayId(link.gateway_id),
                 hardware_version=c.hardware_version,
             )
-            for _, c, gateway in members
+            for _, c, link in members
         ]
         waves.append(PlannedWave(index=index, devices=devices, soak_s=wave_spec.soak_s))
     for _, candidate, _ in ordered[start:]:
@@ -170,23 +180,55 @@ def plan_rollout(
     )
 
 
+def _route(candidate: Candidate, success: Mapping[str, float], planned: Mapping[str, int]) -> GatewayLink:
+    """The link dispatch would pick (`link_score` with nothing in flight yet).
+
+    A tie goes to the gateway with the fewest devices planned so far; dispatch keeps the planned
+    gateway on a tie, so the plan spreads tied devices and dispatch follows it.
+    """
+    online = [link for link in candidate.links if link.online]
+    assert online  # exclusion() guarantees a link  # noqa: S101
+    scores = {link.gateway_id: link_score(link, success.get(link.gateway_id, 1.0)) for link in online}
+    top = max(scores.values())
+    tied = [link for link in online if scores[link.gateway_id] == top]
+    return min(tied, key=lambda link: (planned.get(link.gateway_id, 0), link.gateway_id))
+
+
+def _strata(candidate: Candidate, link: GatewayLink) -> tuple[tuple[str, str], ...]:
+    return (
+        ("hardware", candidate.hardware_version),
+        ("site", link.site),
+        ("gateway", link.gateway_id),
+        ("version", candidate.current_version),
+    )
+
+
 def _canary_first(
-    eligible: list[tuple[bytes, Candidate, str]], canary_size: int
-) -> list[tuple[bytes, Candidate, str]]:
-    """Move one device per hardware version and per gateway to the front, within the canary size."""
+    eligible: list[tuple[bytes, Candidate, GatewayLink]], canary_size: int
+) -> list[tuple[bytes, Candidate, GatewayLink]]:
+    """Move a stratified sample to the front, as far as `canary_size` allows.
+
+    Every hardware version, site, gateway and current version is represented once before any twice.
+
+    Devices that bring the most strata not yet represented go first (passes from 4 new strata down
+    to 1, each in hash order), so the canary is deterministic and linear in the fleet size.
+    """
     if canary_size <= 0:
         return eligible
     chosen: list[int] = []
-    seen_hardware: set[str] = set()
-    seen_gateways: set[str] = set()
-    for index, (_, candidate, gateway) in enumerate(eligible):
-        if len(chosen) >= canary_size:
-            break
-        if candidate.hardware_version not in seen_hardware or gateway not in seen_gateways:
-            chosen.append(index)
-            seen_hardware.add(candidate.hardware_version)
-            seen_gateways.add(gateway)
-    picked = set(chosen)
+    picked: set[int] = set()
+    seen: set[tuple[str, str]] = set()
+    for needed in (4, 3, 2, 1):
+        for index, (_, candidate, link) in enumerate(eligible):
+            if len(chosen) >= canary_size:
+                break
+            if index in picked:
+                continue
+            strata = _strata(candidate, link)
+            if sum(stratum not in seen for stratum in strata) >= needed:
+                chosen.append(index)
+                picked.add(index)
+                seen.update(strata)
     return [eligible[i] for i in chosen] + [item for i, item in enumerate(eligible) if i not in picked]
 
 
