@@ -103,6 +103,8 @@ class ControllerReadings:
     """Operator requests refused unread: their response topic was outside the operator reply subtree."""
     job_progress_dropped: int = 0
     """Job progress dropped unread: too many jobs' progress already waited for the next step."""
+    unreadable_rollouts: int = 0
+    """Stored rollouts the leader could not decode at its last load (left in the store, not run)."""
     gateway_messages_refused: Mapping[tuple[str, str], int] = field(default_factory=dict)
     """(kind, reason) -> gateway messages not believed (foreign results, refused project keys)."""
 
@@ -269,6 +271,11 @@ def _rollouts(readings: ControllerReadings) -> Iterator[Family]:
         "mcufleet_controller_job_progress_dropped",
         "Job progress dropped unread: too many jobs' progress already waited for the next step",
         value=readings.job_progress_dropped,
+    )
+    yield GaugeMetricFamily(
+        "mcufleet_controller_rollouts_unreadable",
+        "Stored rollouts the leader could not decode at its last load (left in the store, not run)",
+        value=readings.unreadable_rollouts,
     )
     per_rollout = GaugeMetricFamily(
         "mcufleet_controller_rollout_devices",

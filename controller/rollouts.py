@@ -103,6 +103,8 @@ class CoordinatorStats:
     """Operator requests whose response topic was outside the operator reply subtree."""
     progress_dropped: int = 0
     """Job progress dropped because `MAX_PENDING_PROGRESS` jobs' progress already waited."""
+    unreadable_rollouts: int = 0
+    """Stored rollouts the last load could not decode (left in the store, not run)."""
 
 
 class _Refusal(NamedTuple):
@@ -204,10 +206,18 @@ class RolloutCoordinator:
         records = await self._executor.call(self._store.load_rollouts)
         # Messages remembered in an earlier term may have been handled by another leader since.
         self._decoded.clear()
-        self.machines = {
-            record.rollout_id: RolloutMachine.from_parts(record.snapshot, record.plan, list(record.devices))
-            for record in records
-        }
+        self.machines = {}
+        self.stats.unreadable_rollouts = 0
+        for record in records:
+            try:
+                machine = RolloutMachine.from_parts(record.snapshot, record.plan, list(record.devices))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                # A row this version cannot read (written by another version, or its spec broke a
+                # rule added since, such as an unorderable target): left in the store untouched.
+                self.stats.unreadable_rollouts += 1
+                log.exception("rollout unreadable; left in the store, not run", rollout=record.rollout_id)
+                continue
+            self.machines[record.rollout_id] = machine
         await self.registry.refresh_gateways()
         log.info("rollouts loaded", count=len(self.machines))
 

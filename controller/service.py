@@ -686,6 +686,7 @@ class ControllerService:
             },
             operator_reply_topics_refused=stats.reply_topics_refused,
             job_progress_dropped=stats.progress_dropped,
+            unreadable_rollouts=stats.unreadable_rollouts,
             gateway_messages_refused=_summed(self.ingest.stats.refused, coordinator.stats.refused),
         )
 

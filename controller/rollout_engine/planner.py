@@ -194,12 +194,16 @@ def _route(candidate: Candidate, success: Mapping[str, float], planned: Mapping[
     return min(tied, key=lambda link: (planned.get(link.gateway_id, 0), link.gateway_id))
 
 
+STRATUM_WEIGHTS = {"hardware": 8, "version": 4, "site": 2, "gateway": 1}
+"""A new hardware version outweighs any mix of the others, then a new current version, site, gateway."""
+
+
 def _strata(candidate: Candidate, link: GatewayLink) -> tuple[tuple[str, str], ...]:
     return (
         ("hardware", candidate.hardware_version),
+        ("version", candidate.current_version),
         ("site", link.site),
         ("gateway", link.gateway_id),
-        ("version", candidate.current_version),
     )
 
 
@@ -208,24 +212,25 @@ def _canary_first(
 ) -> list[tuple[bytes, Candidate, GatewayLink]]:
     """Move a stratified sample to the front, as far as `canary_size` allows.
 
-    Every hardware version, site, gateway and current version is represented once before any twice.
-
-    Devices that bring the most strata not yet represented go first (passes from 4 new strata down
-    to 1, each in hash order), so the canary is deterministic and linear in the fleet size.
+    Every hardware version is represented before any twice, then every current version, site and
+    gateway in that order of priority (`STRATUM_WEIGHTS`): passes over the distinct combinations of
+    the four, from the most to the least new weight, take each combination's first device in hash
+    order. Deterministic, and linear in the fleet size (the combinations are few).
     """
     if canary_size <= 0:
         return eligible
+    first_of: dict[tuple[tuple[str, str], ...], int] = {}
+    for index, (_, candidate, link) in enumerate(eligible):
+        first_of.setdefault(_strata(candidate, link), index)
     chosen: list[int] = []
     picked: set[int] = set()
     seen: set[tuple[str, str]] = set()
-    for needed in (4, 3, 2, 1):
-        for index, (_, candidate, link) in enumerate(eligible):
+    for needed in range(sum(STRATUM_WEIGHTS.values()), 0, -1):
+        for strata, index in first_of.items():
             if len(chosen) >= canary_size:
                 break
-            if index in picked:
-                continue
-            strata = _strata(candidate, link)
-            if sum(stratum not in seen for stratum in strata) >= needed:
+            new_weight = sum(STRATUM_WEIGHTS[kind] for kind, value in strata if (kind, value) not in seen)
+            if index not in picked and new_weight >= needed:
                 chosen.append(index)
                 picked.add(index)
                 seen.update(strata)

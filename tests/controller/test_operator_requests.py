@@ -16,10 +16,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from controller.memfault import MemfaultClient, MemfaultSettings
 from controller.operator_auth import OperatorKeys, sign_request
+from controller.rollout_engine.machine import RolloutMachine
 from controller.rollouts import RolloutCoordinator
 from controller.settings import OperatorAuthConfig, OperatorKey, OperatorRole, SchedulerConfig
 from controller.store.executor import StoreExecutor
-from controller.store.fleet_store import FleetStore
+from controller.store.fleet_store import FleetStore, RolloutRecord
 from controller.store.opening import open_store
 from schemas import (
     AbortRollout,
@@ -30,6 +31,7 @@ from schemas import (
     ReplyStatus,
     RequestId,
     RolloutId,
+    RolloutSpec,
     TopicKind,
     TopicTree,
     channels,
@@ -235,3 +237,28 @@ async def test_unsigned_requests_are_refused_when_keys_are_configured(signing_le
     assert reply.reason == "signature_required"
     [event] = await signing_leader.audit()
     assert event.actor == "unverified"
+
+
+async def test_a_stored_rollout_this_version_cannot_read_is_kept_and_counted_not_run(leader: Leader) -> None:
+    """A row whose spec breaks a rule added since (target `latest`): skipped, counted, left stored."""
+    good = RolloutMachine.create("r-good", RolloutSpec(software_type="app", target_version="1.1.0"), NOW)
+    bad = RolloutMachine.create("r-bad", RolloutSpec(software_type="app", target_version="1.1.0"), NOW)
+    header = msgspec.msgpack.decode(bad.take_changes().header)
+    header["spec"]["target_version"] = "latest"
+    rows = [
+        RolloutRecord("r-good", "created", good.take_changes().header),
+        RolloutRecord("r-bad", "created", msgspec.msgpack.encode(header)),
+    ]
+    await leader.executor.call(
+        leader.store.save_transition,
+        lease_epoch=leader.epoch,
+        rollouts=rows,
+        commands=[],
+        audit=[],
+        now_s=NOW.timestamp(),
+    )
+    await leader.coordinator.load()
+    assert set(leader.coordinator.machines) == {"r-good"}
+    assert leader.coordinator.stats.unreadable_rollouts == 1
+    stored = await leader.executor.call(leader.store.load_rollouts)
+    assert {record.rollout_id for record in stored} == {"r-good", "r-bad"}
