@@ -23,6 +23,7 @@ Hand-written because no maintained library orders both spellings: `packaging.ver
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Final, NamedTuple, TypeAlias
 
@@ -57,6 +58,7 @@ class VersionKey(NamedTuple):
     """MCUboot's build number (0 when absent)."""
 
 
+@functools.lru_cache(maxsize=4096)  # a fleet runs few distinct versions; planning asks 6 per device
 def version_key(text: str) -> VersionKey:
     """The sort key of a version such as `1.2.3`, `v2.0`, `1.0.0-rc.10`, `1.2.3+45` or `1.2.3.45`.
 

@@ -26,7 +26,7 @@ from controller.rollout_engine.cron import (
     parse_cron,
     zone,
 )
-from controller.rollout_engine.model import Candidate, GatewayLink, best_link, link_score
+from controller.rollout_engine.model import Candidate, GatewayLink, link_score
 from schemas import (
     DeviceSerial,
     ExcludedDevice,
@@ -73,7 +73,7 @@ def exclusion(spec: RolloutSpec, candidate: Candidate) -> str:
         return f"memfault offers {candidate.offered_version}, not {spec.target_version}"
     if refusal := _downgrade_refusal(spec, candidate.current_version):
         return refusal
-    if best_link(candidate.links) is None:
+    if not any(link.online for link in candidate.links):
         return "no online gateway hears it"
     return ""
 
