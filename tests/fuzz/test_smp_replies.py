@@ -10,11 +10,9 @@ The session layer is also driven directly: every garbage reply is a typed agent 
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
 
 import cbor2
 import pytest
@@ -29,6 +27,7 @@ from simulator.cloud import CloudEmulator
 from simulator.device import BootOutcome
 from tests.fuzz.payloads import JSON_VALUES, drawn
 from tests.harness.broker import MosquittoBroker
+from tests.harness.udp_proxy import SmpUdpProxy, is_image_upload, serve
 from tests.integration.world import (
     agent_settings,
     controller_probe,
@@ -40,7 +39,6 @@ from tests.integration.world import (
 
 pytestmark = pytest.mark.integration
 Mutation = Callable[[bytes], bytes]
-IMAGE_GROUP, UPLOAD_COMMAND = 1, 1
 
 
 def _set_length(frame: bytes, length: int) -> bytes:
@@ -80,40 +78,24 @@ def drawn_mutations(count: int) -> list[Mutation]:
     return drawn(MUTATIONS, count)
 
 
-class CorruptingProxy(asyncio.DatagramProtocol):
+class CorruptingProxy(SmpUdpProxy):
     """Forwards datagrams to `device`; while `corrupting`, upload replies get the next mutation."""
 
     def __init__(self, device: tuple[str, int], mutations: list[Mutation]) -> None:
-        self.device = device
+        super().__init__(device)
         self.mutations = mutations
         self.corrupting = False
         self.corrupted = 0
-        self._transport: asyncio.DatagramTransport | None = None
-        self._client: tuple[str, int] | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast("asyncio.DatagramTransport", transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        assert self._transport is not None
-        if addr != self.device:
-            self._client = addr
-            self._transport.sendto(data, self.device)
-            return
-        if self._client is None:
-            return
-        is_upload = (
-            len(data) >= 8 and data[4:6] == IMAGE_GROUP.to_bytes(2, "big") and data[7] == UPLOAD_COMMAND
-        )
-        if self.corrupting and is_upload:
-            data = self.mutations[self.corrupted % len(self.mutations)](data)
+    def to_agent(self, frame: bytes) -> bytes | None:
+        if self.corrupting and is_image_upload(frame):
+            frame = self.mutations[self.corrupted % len(self.mutations)](frame)
             self.corrupted += 1
-        self._transport.sendto(data, self._client)
+        return frame
 
 
 async def test_garbage_upload_replies_fail_the_job_cleanly(broker: MosquittoBroker, tmp_path: Path) -> None:
     """Corrupted replies: a failed result with a reason, no flash; clean again: the update succeeds."""
-    loop = asyncio.get_running_loop()
     async with (
         CloudEmulator() as cloud,
         simulated_devices(["D1"]) as devices,
@@ -121,8 +103,7 @@ async def test_garbage_upload_replies_fail_the_job_cleanly(broker: MosquittoBrok
     ):
         release = publish_release(cloud, "1.1.0", payload_size_bytes=40_000)
         proxy = CorruptingProxy(devices.endpoints["D1"], drawn_mutations(200))
-        transport, _ = await loop.create_datagram_endpoint(lambda: proxy, local_addr=("127.0.0.1", 0))
-        port = transport.get_extra_info("sockname")[1]
+        transport, (_, port) = await serve(proxy)
         try:
             settings_ = agent_settings("gw-1", broker, tmp_path / "agent", [("127.0.0.1", port)])
             registry = CollectorRegistry()
@@ -153,12 +134,10 @@ async def test_garbage_upload_replies_fail_the_job_cleanly(broker: MosquittoBrok
 
 async def test_every_garbage_reply_is_a_typed_agent_error() -> None:
     """Straight at the session: each mutated reply to a state read is an AgentError, nothing else."""
-    loop = asyncio.get_running_loop()
     async with simulated_devices(["D1"]) as devices:
         mutations = drawn_mutations(150)
         proxy = CorruptingProxy(devices.endpoints["D1"], [])
-        transport, _ = await loop.create_datagram_endpoint(lambda: proxy, local_addr=("127.0.0.1", 0))
-        port = transport.get_extra_info("sockname")[1]
+        transport, (_, port) = await serve(proxy)
         link = udp_link("127.0.0.1", port, timeout_s=0.2, handshake_timeout_s=1.0)
         session = await link.connect()
         errors: dict[str, int] = {}

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import cast
 
 import aiomqtt
 import msgspec
@@ -40,6 +39,7 @@ from simulator.cloud import CloudEmulator
 from simulator.device import FaultPlan, LinkProfile
 from simulator.server import FleetServer
 from tests.harness.broker import MosquittoBroker
+from tests.harness.udp_proxy import SmpUdpProxy, is_image_upload, serve
 from tests.integration.test_rollout_e2e import create_and_start, latest, registry_has
 from tests.integration.world import (
     TREE,
@@ -53,8 +53,6 @@ from tests.integration.world import (
 )
 
 pytestmark = pytest.mark.integration
-IMAGE_GROUP = 1
-UPLOAD_COMMAND = 1
 DARK = LinkProfile(loss_rate=1.0)
 
 
@@ -201,40 +199,17 @@ async def test_a_device_that_never_returns_from_its_test_boot_is_a_failure_sent_
     assert (decision.decided, decision.succeeded, decision.failed) == (3, 2, 1)
 
 
-class UploadDroppingProxy(asyncio.DatagramProtocol):
+class UploadDroppingProxy(SmpUdpProxy):
     """A lossy radio path: forwards SMP both ways but loses every image-upload request."""
 
-    def __init__(self, device: tuple[str, int]) -> None:
-        self.device = device
-        self.dropped = 0
-        self._transport: asyncio.DatagramTransport | None = None
-        self._client: tuple[str, int] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast("asyncio.DatagramTransport", transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        assert self._transport is not None
-        if addr == self.device:
-            if self._client is not None:
-                self._transport.sendto(data, self._client)
-            return
-        self._client = addr
-        if len(data) >= 8 and data[4:6] == IMAGE_GROUP.to_bytes(2, "big") and data[7] == UPLOAD_COMMAND:
-            self.dropped += 1
-            return
-        self._transport.sendto(data, self.device)
-
-
-def _serving(proxy: UploadDroppingProxy) -> Callable[[], UploadDroppingProxy]:
-    return lambda: proxy
+    def to_device(self, frame: bytes) -> bytes | None:
+        return None if is_image_upload(frame) else frame
 
 
 async def test_a_gateway_that_keeps_failing_is_cooled_and_its_devices_move(
     broker: MosquittoBroker, tmp_path: Path
 ) -> None:
     """gw-0 loses every upload: once three devices failed through it, it is cooled and gw-1 does the rest."""
-    loop = asyncio.get_running_loop()
     serials = [f"DEV-{i:02d}" for i in range(10)]
     async with (
         CloudEmulator() as cloud,
@@ -245,10 +220,9 @@ async def test_a_gateway_that_keeps_failing_is_cooled_and_its_devices_move(
     ):
         proxies = []
         for serial in serials:
-            proxy = UploadDroppingProxy(fleet.endpoints[serial])
-            transport, _ = await loop.create_datagram_endpoint(_serving(proxy), local_addr=("127.0.0.1", 0))
+            transport, address = await serve(UploadDroppingProxy(fleet.endpoints[serial]))
             stack.callback(transport.close)
-            proxies.append(("127.0.0.1", transport.get_extra_info("sockname")[1]))
+            proxies.append(address)
         direct = [fleet.endpoints[s] for s in serials]
         quick = JobsConfig(first_chunk_timeout_s=1.0, chunk_timeout_s=0.5, reboot_timeout_s=15.0)
         for gateway, endpoints in (("gw-0", proxies), ("gw-1", direct)):
