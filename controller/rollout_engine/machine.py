@@ -730,9 +730,12 @@ class RolloutMachine:
     def _start_jobs(self, now: datetime, now_s: float, flow: FlowView) -> list[Effect]:
         spec = self._s.spec
         budget = min(spec.flow.max_in_flight, self._s.ramp_cap) - len(self._in_flight)
-        budget = min(budget, self._rate_budget(now_s), self._window_budget(now))
+        window = self._open_window(now) if spec.windows else None
+        budget = min(budget, self._rate_budget(now_s), self._window_budget(now, window))
         if budget <= 0:
             return []
+        # Jobs started in a window that cancels at its end carry that end.
+        cancel_at = window[1] if window is not None and window[0].at_end is WindowEnd.CANCEL else 0.0
         by_gateway = dict(flow.in_flight_by_gateway)
         by_site = dict(flow.in_flight_by_site)
         cooled = {g for g, until_s in self._s.gateway_cooled_until.items() if until_s > now_s}
@@ -768,6 +771,7 @@ class RolloutMachine:
                 by_gateway[link.gateway_id] = by_gateway.get(link.gateway_id, 0) + 1
                 by_site[link.site] = by_site.get(link.site, 0) + 1
                 effects.append(self._dispatch(serial, record, link.gateway_id, now, now_s))
+                record.cancel_at = cancel_at
                 budget -= 1
             queue.extendleft(reversed(kept))
         self._s.tokens -= len(effects)
@@ -797,8 +801,6 @@ class RolloutMachine:
         record.job_id, record.gateway = job_id, gateway_id
         record.dispatched_at = record.progress_at = now_s
         record.window_canceled = False
-        window = self._open_window(now)
-        record.cancel_at = window[1] if window is not None and window[0].at_end is WindowEnd.CANCEL else 0.0
         if gateway_id not in record.tried:
             record.tried.append(gateway_id)
         self._jobs[job_id] = serial
@@ -824,10 +826,9 @@ class RolloutMachine:
                 return window, start_s + window.duration_s, start_s
         return None
 
-    def _window_budget(self, now: datetime) -> int:
+    def _window_budget(self, now: datetime, open_now: tuple[MaintenanceWindow, float, float] | None) -> int:
         if not self._s.spec.windows:
             return 1 << 30
-        open_now = self._open_window(now)
         if open_now is not None:
             window, _, start_s = open_now
             if self._s.window_started_at != start_s:
