@@ -4,8 +4,8 @@ A window occurrence starts at every time the expression matches, in the window's
 lasts `duration_s` of real (elapsed) time: it is open at `now` when its latest start is at most
 `duration_s` before `now`.
 
-Matching is cronsim's (Healthchecks.io's maintained cron library), chosen over croniter for its
-Vixie/Debian semantics and its DST rules, both tested against cron itself:
+Matching is cronsim's (Healthchecks.io's maintained cron library), chosen over croniter (declared
+abandoned in 2025, since taken over by pallets-eco) for its deliberate Debian/Vixie semantics:
 
 - day-of-month and day-of-week are ORed when both are restricted (`0 2 1 * 1` is the 1st of the
   month *and* every Monday), ANDed when either starts with `*`;
