@@ -10,7 +10,13 @@ Rules of this file:
   than the device's current one is stale and ignored.
 - Attempts count only real tries at the device: load shedding (GATEWAY_BUSY), waiting for a radio
   slot, and a gateway dying under a job give the attempt back.
-- Success counts only on the agent's confirmed result.
+- Success counts only on the agent's confirmed result; the gates count only outcomes decided at
+  the device (`gates.py`, docs/gates.md).
+- A failed boot (reverted, or silent after the test boot) is never sent the same build again
+  automatically; a device that keeps failing is parked, a gateway whose link keeps failing devices
+  is cooled (`spec.penalty`); load shedding and Memfault outages count against neither.
+- A job started in a window with `at_end = cancel` is canceled at the window's end and goes again
+  in the next window with its attempt given back.
 - Tick cost follows jobs in flight and devices due, not fleet size: states are counted
   incrementally and ready devices wait in queues.
 """
