@@ -46,7 +46,7 @@ from agent.ota_decisions import (
 )
 from agent.session import SmpSession
 from agent.smp import commands, group128
-from agent.smp.frame import Group, McumgrErr
+from agent.smp.frame import Group, ImgMgmtErr, McumgrErr
 from agent.smp.upload import UploadStalled, WindowLimits
 from agent.uploader import upload_image
 from schemas import JobOutcome, JobPhase, OtaCommand, ReasonCode
@@ -54,8 +54,6 @@ from schemas.versions import is_version, same_version
 
 AFTER_TEST_BOOT: Final = "; it may run the unconfirmed test image until its next reset"
 """Said of a device silent after its test boot: MCUboot reverts only on the next reset."""
-IMG_ERR_CURRENT_VERSION_IS_NEWER: Final = 27
-"""img_mgmt group error: the `upgrade` check refused an image that is not newer."""
 T = TypeVar("T")
 RESET_RETRY_S: Final = 5.0
 REBOOT_POLL_TIMEOUT_S: Final = 0.4
@@ -324,7 +322,7 @@ class OtaJob:
             if (
                 error.group_error
                 and error.group == Group.IMAGE
-                and error.rc == IMG_ERR_CURRENT_VERSION_IS_NEWER
+                and error.rc == ImgMgmtErr.CURRENT_VERSION_IS_NEWER
             ):
                 raise _end(
                     JobOutcome.REJECTED,

@@ -54,6 +54,29 @@ class McumgrErr(enum.IntEnum):
     UNSUPPORTED_TOO_NEW = 13
 
 
+class ImgMgmtErr(enum.IntEnum):
+    """`img_mgmt_err_code_t` (Zephyr's img_mgmt.h): the image group's own `err.rc` codes.
+
+    Only those the agent acts on or names in a detail; any other code keeps its number.
+    """
+
+    OK = 0
+    UNKNOWN = 1
+    NO_IMAGE = 3
+    NO_FREE_SLOT = 9
+    FLASH_WRITE_FAILED = 12
+    FLASH_ERASE_FAILED = 13
+    INVALID_OFFSET = 20
+    INVALID_LENGTH = 21
+    INVALID_IMAGE_HEADER = 22
+    INVALID_HASH = 24
+    CURRENT_VERSION_IS_NEWER = 27
+    """The `upgrade` check refused an image that is not newer than the running one."""
+    IMAGE_ALREADY_PENDING = 28
+    IMAGE_CONFIRMATION_DENIED = 32
+    IMAGE_SETTING_TEST_TO_ACTIVE_DENIED = 33
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
     """A decoded SMP header."""

@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from agent.errors import SmpDeviceError, SmpRemoteError
 from agent.smp import commands, group128
-from agent.smp.frame import Group, Op, decode_reply, encode_request
+from agent.smp.frame import Group, ImgMgmtErr, Op, decode_reply, encode_request
 from schemas import MemfaultAccess
+from simulator.device.codes import ImgErr
 
 # Byte vectors from research/protocol.md §1.6 and §2.6 (Zephyr's tests and Memfault's smpmgr plugin).
 DEVICE_INFO_REQUEST = bytes.fromhex("0800000100800100a0")
@@ -189,3 +190,8 @@ def test_arbitrary_bodies_parse_or_raise_remote_errors(body: dict[str, object]) 
         except SmpRemoteError:
             continue
     assert cbor2.loads(frame[8:]) == body
+
+
+def test_the_image_group_error_codes_match_the_simulators_independent_table() -> None:
+    """Every image-group code the agent names has the number the simulator (the oracle) gives it."""
+    assert {e.name: e.value for e in ImgMgmtErr} == {e.name: ImgErr[e.name].value for e in ImgMgmtErr}
