@@ -7,9 +7,8 @@ so a late reply can never be taken for the answer to a newer question.
 """
 
 import asyncio
-import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -56,18 +55,11 @@ class SmpSession:
         self.timeout_s = timeout_s
         self.counters = counters or SessionCounters()
         self.params: commands.McumgrParams | None = None
-        self._lock = asyncio.Lock()
         self._pending: dict[int, asyncio.Future[Reply]] = {}
         self._next_sequence = 0
         self._needs_reset = False
         self._closed: Exception | None = None
         self._open = False
-
-    @contextlib.asynccontextmanager
-    async def exclusive(self) -> AsyncIterator["SmpSession"]:
-        """Hold the device for a sequence of requests (a job, an inventory refresh)."""
-        async with self._lock:
-            yield self
 
     async def open(self) -> None:
         """Open the transport.

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from agent.errors import SmpRemoteError
+from agent.smp.frame import cbor_head_size
 
 DEFAULT_ALIGNMENT_BYTES: Final = 4
 DEFAULT_MAX_STALLS: Final = 5
@@ -227,9 +228,9 @@ class UploadWindow:
         # longer head (2 bytes from 24 bytes of data, 3 from 256, 5 from 65536).
         available = self._frame_limit - self._overhead(offset, first) + 1
         size = 0
-        for head_bytes, limit in ((1, 24), (2, 256), (3, 65536), (5, 1 << 32)):
+        for head_bytes in (1, 2, 3, 5, 9):
             size = available - head_bytes
-            if size < limit:
+            if cbor_head_size(size) <= head_bytes:
                 break
         remaining = self.total_bytes - offset
         if size >= remaining:
