@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, assert_never
 
 import msgspec
 import structlog
@@ -486,7 +486,7 @@ class RolloutCoordinator:
             case RetryFailed():
                 effects = machine.retry_failed(list(request.device_serials), now)
             case _:
-                raise RolloutError("unsupported request", reason="unsupported")
+                assert_never(request)
         await self._carry_out(machine, effects, now, step)
         step.changed.add(rollout_id)
         return ""
