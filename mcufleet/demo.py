@@ -36,6 +36,7 @@ from controller.service import ControllerService
 from controller.settings import ControllerSettings, MemfaultConfig, SchedulerConfig, StoreConfig
 from controller.settings import MetricsConfig as ControllerMetrics
 from controller.settings import MqttConfig as ControllerMqtt
+from mcufleet.errors import DemoError, McufleetError
 from mcufleet.local_broker import LocalBroker, free_port
 from schemas import (
     CreateRollout,
@@ -137,6 +138,9 @@ def run(argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]stopped[/yellow]")
         return 130
+    except McufleetError as error:
+        console.print(f"[red]{error}[/red]")
+        return 1
 
 
 async def demo(devices: int, gateways: int, timeout_s: float, console: Console) -> int:
@@ -327,7 +331,7 @@ async def _retained(client: aiomqtt.Client, topic: str, kind: TopicKind) -> obje
         if message.topic.value == topic and isinstance(message.payload, bytes) and message.payload:
             await client.unsubscribe(topic)
             return channels.decode(kind, message.payload, topic)
-    raise RuntimeError("the broker connection ended")
+    raise DemoError("the broker connection ended")
 
 
 async def _watch(

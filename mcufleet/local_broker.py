@@ -10,12 +10,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from mcufleet.errors import LocalBrokerError
+
 START_TIMEOUT_S = 10.0
 SEARCH_PATH = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto")
-
-
-class LocalBrokerError(RuntimeError):
-    """mosquitto is missing or did not start; the message says what to do."""
 
 
 def free_port() -> int:

@@ -10,6 +10,8 @@ Every exception the SMP device simulator raises on purpose descends from `Simula
                             `SimDevice.handle`, which answers it as Zephyr does (rc 3, EINVAL)
         ServerError         the UDP fleet server was misused (started twice, unknown serial) or
                             could not bind its addresses
+        CloudError          the Memfault cloud emulator's (simulator/cloud/errors.py): ModelError
+                            (InvalidVersion), CloudConfigError, LifecycleError
 
 No input frame makes `SimDevice.handle` raise: malformed traffic becomes the reply (or the silence)
 that a Zephyr SMP server would produce.

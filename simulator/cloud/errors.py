@@ -1,6 +1,7 @@
 """The cloud emulator's exceptions.
 
-Every exception the emulator raises on purpose descends from `CloudError`:
+Every exception the emulator raises on purpose descends from `CloudError`, itself a
+`simulator.errors.SimulatorError` (the one root of the simulator package):
 
     CloudError
         ModelError          a programmatic call broke the emulator's rules (unknown project or
@@ -12,8 +13,10 @@ Every exception the emulator raises on purpose descends from `CloudError`:
 Bad HTTP input never raises out of the server: it becomes a 4xx answer.
 """
 
+from simulator.errors import SimulatorError
 
-class CloudError(Exception):
+
+class CloudError(SimulatorError):
     """Root of the cloud emulator's exceptions."""
 
 
