@@ -116,18 +116,8 @@ class SecureWorld:
             "profiles": {"lab": lab, "elsewhere": {"port": free_tcp_port()}},
         }
         path = self.directory / "cli.toml"
-        path.write_text(_nested_toml(document))
+        path.write_text(to_toml(document))
         return path
-
-
-def _nested_toml(document: dict[str, Any]) -> str:
-    """TOML for a header and [profiles.<name>] tables (world.to_toml handles one level)."""
-    profiles = document.pop("profiles")
-    assert isinstance(profiles, dict)
-    text = to_toml(document)
-    for name, body in profiles.items():
-        text += f"[profiles.{name}]\n" + to_toml(body)
-    return text
 
 
 @contextlib.contextmanager
@@ -360,11 +350,15 @@ def test_cli_without_a_client_certificate_is_refused_by_the_broker(
         path.write_text(
             to_toml(
                 {
-                    "host": world.broker.host,
-                    "port": world.broker.port,
-                    "ca_file": str(world.authority.ca_file),
+                    "profiles": {
+                        "default": {
+                            "host": world.broker.host,
+                            "port": world.broker.port,
+                            "ca_file": str(world.authority.ca_file),
+                        }
+                    }
                 }
-            ).replace("host", "[profiles.default]\nhost", 1)
+            )
         )
         code, err = cli(path, capsys, "status", "r-1")
         assert code == Exit.CERTIFICATE and "Traceback" not in err, err

@@ -11,7 +11,7 @@ import contextlib
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 
 import aiomqtt
 import msgspec
+import tomli_w
 from prometheus_client import CollectorRegistry
 
 from agent.device_link import DeviceLink, udp_link
@@ -319,38 +320,17 @@ async def wait_until(
             await asyncio.sleep(poll_s)
 
 
-def to_toml(document: dict[str, object]) -> str:
-    """A minimal TOML writer for config documents (scalars, lists, tables, arrays of tables)."""
-    lines: list[str] = []
-    tables: list[tuple[str, dict[str, object]]] = []
-    arrays: list[tuple[str, list[dict[str, object]]]] = []
-    for key, value in document.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-            arrays.append((key, value))
-        elif value is not None:
-            lines.append(f"{key} = {_toml_value(value)}")
-    for key, table in tables:
-        lines.append(f"[{key}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None)
-    for key, items in arrays:
-        for item in items:
-            lines.append(f"[[{key}]]")
-            lines.extend(f"{k} = {_toml_value(v)}" for k, v in item.items() if v is not None)
-    return "\n".join(lines) + "\n"
+def to_toml(document: Mapping[str, object]) -> str:
+    """A config document as TOML (tomli-w); None values are left out, as TOML has no null."""
+    return tomli_w.dumps(_without_none(document))
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _without_none(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _without_none(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list | tuple):
+        return [_without_none(item) for item in value]
+    return value
 
 
 class ProcessUnderTest:
