@@ -1,20 +1,13 @@
 """The Memfault MCUmgr command group (SMP group 128): device info and project key.
 
-Two faces of the same definitions:
-- `parse_device_info` / `parse_project_key` / `classify_error`: the agent's tolerant decoding of
-  replies (extra fields ignored, legacy `rc: 0` accepted, both error shapes understood).
-- `DeviceInfoRead` / `ProjectKeyRead`: request/response/error classes in the `smp` library's style
-  (like Memfault's own smpmgr plugin, but tolerant), so `smpclient.SMPClient.request()` works with
-  them unchanged.
+The agent's tolerant decoding of replies (extra fields ignored, legacy `rc: 0` accepted, both error
+shapes understood) and its two requests. The `smp`-library classes for the same commands, which
+only tests use against the simulator and smpmgr, live in `tests/simulator/clients.py`.
 """
 
 import enum
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
-
-import smp.error as smperr
-import smp.message as smpmsg
-from pydantic import ConfigDict
+from typing import Any, Final
 
 from agent.errors import SmpDeviceError, SmpRemoteError
 from agent.smp.frame import Group, McumgrErr, Op, encode_request
@@ -94,66 +87,3 @@ def classify_error(error: SmpDeviceError) -> MemfaultAccess:
     if error.group == Group.MEMFAULT and error.rc == MemfaultRc.NO_PROJECT_KEY:
         return MemfaultAccess.NO_PROJECT_KEY
     return MemfaultAccess.ERROR
-
-
-# smp-library classes (for smpclient.SMPClient.request); tolerant where smp's defaults are strict.
-
-_TOLERANT: Final = ConfigDict(extra="ignore", frozen=True)
-
-
-class MemfaultErrorV1(smperr.ErrorV1):
-    """A plain `rc` error from group 128 (any integer code accepted)."""
-
-    model_config = _TOLERANT
-    _GROUP_ID: ClassVar[int] = Group.MEMFAULT
-    rc: int  # type: ignore[assignment]  # smp narrows rc to MGMT_ERR; devices send others
-
-
-class MemfaultErrorV2(smperr.ErrorV2[MemfaultRc]):
-    """An SMP v2 group error from group 128."""
-
-    model_config = _TOLERANT
-    _GROUP_ID: ClassVar[int] = Group.MEMFAULT
-
-
-class DeviceInfoReadResponse(smpmsg.ReadResponse):
-    """Success reply to group 128 command 0."""
-
-    model_config = _TOLERANT
-    _GROUP_ID: ClassVar[int] = Group.MEMFAULT
-    _COMMAND_ID: ClassVar[int] = DEVICE_INFO_COMMAND
-    device_serial: str
-    hardware_version: str
-    software_type: str
-    current_version: str
-    rc: int | None = None
-
-
-class DeviceInfoRead(smpmsg.ReadRequest):
-    """Read the device info (group 128 command 0)."""
-
-    _GROUP_ID: ClassVar[int] = Group.MEMFAULT
-    _COMMAND_ID: ClassVar[int] = DEVICE_INFO_COMMAND
-    _Response: ClassVar[type[DeviceInfoReadResponse]] = DeviceInfoReadResponse
-    _ErrorV1: ClassVar[type[MemfaultErrorV1]] = MemfaultErrorV1
-    _ErrorV2: ClassVar[type[MemfaultErrorV2]] = MemfaultErrorV2
-
-
-class ProjectKeyReadResponse(smpmsg.ReadResponse):
-    """Success reply to group 128 command 1."""
-
-    model_config = _TOLERANT
-    _GROUP_ID: ClassVar[int] = Group.MEMFAULT
-    _COMMAND_ID: ClassVar[int] = PROJECT_KEY_COMMAND
-    project_key: str
-    rc: int | None = None
-
-
-class ProjectKeyRead(smpmsg.ReadRequest):
-    """Read the Memfault project key (group 128 command 1)."""
-
-    _GROUP_ID: ClassVar[int] = Group.MEMFAULT
-    _COMMAND_ID: ClassVar[int] = PROJECT_KEY_COMMAND
-    _Response: ClassVar[type[ProjectKeyReadResponse]] = ProjectKeyReadResponse
-    _ErrorV1: ClassVar[type[MemfaultErrorV1]] = MemfaultErrorV1
-    _ErrorV2: ClassVar[type[MemfaultErrorV2]] = MemfaultErrorV2

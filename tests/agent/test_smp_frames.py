@@ -12,6 +12,7 @@ from agent.smp import commands, group128
 from agent.smp.frame import Group, ImgMgmtErr, Op, decode_reply, encode_request
 from schemas import MemfaultAccess
 from simulator.device.codes import ImgErr
+from tests.simulator.clients import DeviceInfoRead
 
 # Byte vectors from research/protocol.md §1.6 and §2.6 (Zephyr's tests and Memfault's smpmgr plugin).
 DEVICE_INFO_REQUEST = bytes.fromhex("0800000100800100a0")
@@ -40,7 +41,7 @@ WRITE_TO_INFO = bytes.fromhex("0b00000600800100bf62726308ff")
 def test_device_info_request_matches_the_reference_bytes() -> None:
     """Our group 128 request equals the bytes the smp library sends (sequence 1)."""
     assert group128.encode_device_info_read(1) == DEVICE_INFO_REQUEST
-    assert group128.DeviceInfoRead(sequence=1).BYTES == DEVICE_INFO_REQUEST
+    assert DeviceInfoRead(sequence=1).BYTES == DEVICE_INFO_REQUEST
 
 
 def test_device_info_reply_vector_decodes() -> None:
