@@ -1,7 +1,7 @@
 """Idle footprint of the gateway agent with 50 known devices: resident memory and CPU.
 
 The agent runs as in production, as its own process (`python -m mcufleet agent --config <toml>`,
-metrics endpoint and JSON logs on), connected to a real mosquitto (tests/harness/broker.py) and
+metrics endpoint and JSON logs on), connected to a real mosquitto (mcufleet/local_broker.py) and
 knowing 50 simulated SMP-over-UDP devices (`FleetServer`, loopback link, served by this process)
 with discovery refreshing every 60 s. Once it has published a report for every device, the bench
 waits `SETTLE_S` and then watches the agent's /proc entries for `WINDOW_S`:

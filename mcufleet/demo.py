@@ -37,7 +37,7 @@ from controller.settings import ControllerSettings, MemfaultConfig, SchedulerCon
 from controller.settings import MetricsConfig as ControllerMetrics
 from controller.settings import MqttConfig as ControllerMqtt
 from mcufleet.errors import DemoError, McufleetError
-from mcufleet.local_broker import LocalBroker, free_port
+from mcufleet.local_broker import MosquittoBroker, free_port
 from schemas import (
     CreateRollout,
     FlowSpec,
@@ -148,7 +148,7 @@ async def demo(devices: int, gateways: int, timeout_s: float, console: Console) 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mcufleet-demo-") as scratch:
         workdir = Path(scratch)
-        broker = LocalBroker(workdir / "broker")
+        broker = MosquittoBroker(workdir / "broker", autosave_interval_s=5)
         broker.start()
         try:
             async with world(broker, workdir, devices, gateways, console) as (controller, endpoints):
@@ -161,7 +161,7 @@ async def demo(devices: int, gateways: int, timeout_s: float, console: Console) 
 
 @contextlib.asynccontextmanager
 async def world(
-    broker: LocalBroker, workdir: Path, devices: int, gateways: int, console: Console
+    broker: MosquittoBroker, workdir: Path, devices: int, gateways: int, console: Console
 ) -> AsyncIterator[tuple[ControllerService, list[str]]]:
     """Cloud, devices, agents and controller, all stopped when the block ends."""
     async with contextlib.AsyncExitStack() as stack:
@@ -228,7 +228,7 @@ async def _agent(settings: AgentSettings) -> AsyncIterator[AgentService]:
 
 @contextlib.asynccontextmanager
 async def _controller(
-    broker: LocalBroker, cloud_url: str, workdir: Path, port: int
+    broker: MosquittoBroker, cloud_url: str, workdir: Path, port: int
 ) -> AsyncIterator[ControllerService]:
     settings = ControllerSettings(
         controller_id="controller-1",
@@ -262,7 +262,7 @@ class DemoRun:
 
 
 async def operate(
-    broker: LocalBroker, controller: ControllerService, endpoints: list[str], run: DemoRun
+    broker: MosquittoBroker, controller: ControllerService, endpoints: list[str], run: DemoRun
 ) -> int:
     """Wait for the inventory, then create, preview, start and watch the rollout; print the summary."""
     devices, timeout_s, started, console = run.devices, run.timeout_s, run.started, run.console

@@ -1,7 +1,7 @@
 """The `mcufleet` package's exceptions (the CLI, the demo and the local broker it starts).
 
 McufleetError
-    LocalBrokerError    mosquitto is missing or did not start; the message says what to do
+    LocalBrokerError    mosquitto is missing or did not start (demo and tests); the message says what
     DemoError           the demo's own broker connection ended before the rollout did
 """
 
