@@ -34,13 +34,13 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakError
 
-from agent.device_link import DeviceLink, TransportLink
-from agent.discovery import Inventory
 from agent.errors import DeviceUnreachable
-from agent.session import SessionCounters, SmpSession
+from agent.inventory import Inventory
+from agent.link.device_link import DeviceLink, TransportLink
+from agent.link.session import SessionCounters, SmpSession
+from agent.link.transport.base import SmpTransport
+from agent.link.transport.ble import SMP_SERVICE_UUID, AdapterLimits, BleCounters, BleTransport, Reassembly
 from agent.settings import BleConfig
-from agent.transport.base import SmpTransport
-from agent.transport.ble import SMP_SERVICE_UUID, AdapterLimits, BleCounters, BleTransport, Reassembly
 from schemas import Transport
 
 log = structlog.get_logger("mcufleet.agent.ble")

@@ -20,9 +20,10 @@ from prometheus_client import CollectorRegistry
 
 from agent.artifacts import ArtifactCache, ArtifactFetcher, DownloadPolicy, Resolver, system_resolver
 from agent.ble_discovery import BleDiscovery
-from agent.device_link import DeviceLink, configured_serial_link, udp_link
-from agent.discovery import Inventory
+from agent.inventory import Inventory
 from agent.journal import Journal
+from agent.link.device_link import DeviceLink, configured_serial_link, udp_link
+from agent.link.session import SessionCounters
 from agent.service import (
     AgentMqtt,
     AgentParts,
@@ -32,7 +33,6 @@ from agent.service import (
     MqttHooks,
     gateway_id_of,
 )
-from agent.session import SessionCounters
 from agent.settings import AgentSettings, SerialDevice, UdpDevice
 from schemas import Transport
 from service_runtime.epoch import EpochCounter, FenceEpoch

@@ -17,8 +17,8 @@ from typing import Final, Protocol
 import structlog
 
 from agent.artifacts import ArtifactFetcher
-from agent.device_link import DeviceLink
 from agent.journal import JobState, Journal
+from agent.link.device_link import DeviceLink
 from agent.ota import JobReport, JobSettings, OtaJob
 from agent.ota_decisions import cancellable
 from schemas import (

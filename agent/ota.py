@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar, assert_never
 
 from agent.artifacts import ArtifactFetcher, ArtifactRefused
-from agent.device_link import DeviceLink
 from agent.errors import (
     DeviceUnreachable,
     ImageError,
@@ -29,6 +28,9 @@ from agent.errors import (
     TransportError,
 )
 from agent.firmware import inspect_image
+from agent.link.device_link import DeviceLink
+from agent.link.image_upload import upload_image
+from agent.link.session import SmpSession
 from agent.ota_decisions import (
     AwaitReboot,
     DeviceView,
@@ -44,11 +46,9 @@ from agent.ota_decisions import (
     decide,
     past_point_of_no_return,
 )
-from agent.session import SmpSession
 from agent.smp import commands, group128
 from agent.smp.frame import Group, ImgMgmtErr, McumgrErr
 from agent.smp.upload import UploadStalled, WindowLimits
-from agent.uploader import upload_image
 from schemas import JobOutcome, JobPhase, OtaCommand, ReasonCode
 from schemas.versions import is_version, same_version
 

@@ -21,15 +21,15 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from agent.artifacts import ArtifactFetcher
-from agent.device_link import DeviceLink
-from agent.discovery import Inventory
+from agent.device_probe import KnownDevice, ReportSequencer
 from agent.errors import ConfigError
-from agent.inventory import KnownDevice, ReportSequencer
+from agent.inventory import Inventory
 from agent.jobs import JobRunner, RunnerSettings
 from agent.journal import Journal
+from agent.link.device_link import DeviceLink
+from agent.link.session import SessionCounters
 from agent.metrics import AgentCollector, AgentReadings
 from agent.ota import JobSettings
-from agent.session import SessionCounters
 from agent.settings import AgentSettings
 from schemas import (
     CancelJob,

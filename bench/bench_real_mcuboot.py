@@ -8,7 +8,7 @@ slot erase of the first chunk. Goodput is image bytes over the wall time of the 
 (connect and MCUmgr parameters read are done before the clock starts).
 
 Figures:
-- `upload.real_mcuboot_agent_bytes_per_s`: `agent.uploader.upload_image` over `SmpSession` on
+- `upload.real_mcuboot_agent_bytes_per_s`: `agent.link.image_upload.upload_image` over `SmpSession` on
   `SerialTransport` (frames of `buf_size - 4`, its default window); median of `ROUNDS`.
 - `upload.real_mcuboot_smpclient_bytes_per_s`: `SMPClient.upload()` on smpclient's
   `SMPSerialTransport` (fragmentation `Auto`: frames of `buf_size - 4`, one request at a time) bound
@@ -33,8 +33,8 @@ import serial
 from smpclient import SMPClient
 from smpclient.transport.serial import SMPSerialTransport
 
-from agent.device_link import serial_link
-from agent.uploader import UploadReport, upload_image
+from agent.link.device_link import serial_link
+from agent.link.image_upload import UploadReport, upload_image
 from tests.firmware.fixtures import build, fixture
 from tests.firmware.images import resign
 from tests.firmware.qemu import running_board

@@ -7,7 +7,7 @@ frame and 40,000 bytes/s each way, no loss. The image is a real 128 KiB MCUboot 
 time of the upload call alone (the handshake is done before the clock starts).
 
 Figures:
-- `upload.agent_bytes_per_s`: `agent.uploader.upload_image` over `SmpSession` on `UdpTransport`
+- `upload.agent_bytes_per_s`: `agent.link.image_upload.upload_image` over `SmpSession` on `UdpTransport`
   with its default window (`buf_count - 1` pipelined requests); median of `ROUNDS` uploads.
 - `upload.smpclient_bytes_per_s`: `SMPClient.upload()` on `SMPUDPTransport` (one request at a time);
   median of `ROUNDS` uploads. Its MTU is `buf_size + 28` so that, once it subtracts the IPv4 and UDP
@@ -57,11 +57,11 @@ import cbor2
 from smpclient import SMPClient
 from smpclient.transport.udp import SMPUDPTransport
 
-from agent.device_link import TransportLink, udp_link
 from agent.errors import DeviceUnreachable
-from agent.transport.base import CloseHandler, FrameHandler
-from agent.transport.udp import IPV4_UDP_OVERHEAD_BYTES, UdpTransport
-from agent.uploader import UploadReport, upload_image
+from agent.link.device_link import TransportLink, udp_link
+from agent.link.image_upload import UploadReport, upload_image
+from agent.link.transport.base import CloseHandler, FrameHandler
+from agent.link.transport.udp import IPV4_UDP_OVERHEAD_BYTES, UdpTransport
 from simulator.device import FaultPlan, LinkProfile
 from simulator.device.device import DevicePhase
 from simulator.fleet import DeviceSpec, Fleet

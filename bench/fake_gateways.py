@@ -32,7 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.inventory import fingerprint
+from agent.device_probe import fingerprint
 from schemas import (
     DeviceCredential,
     DeviceReport,

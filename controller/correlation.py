@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from controller.releases import (
+from controller.memfault_answers import (
     ArtifactRef,
     DeviceQuery,
     DeviceRefused,

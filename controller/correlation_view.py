@@ -31,8 +31,8 @@ import structlog
 from controller.correlation import DeviceFacts
 from controller.errors import MemfaultRateLimited, MemfaultUnavailable
 from controller.memfault import MemfaultClient
+from controller.memfault_answers import DeviceQuery, ReleaseAnswer, Unanswered
 from controller.memfault_transport import PooledAiohttpTransport
-from controller.releases import DeviceQuery, ReleaseAnswer, Unanswered
 from controller.store.executor import StoreExecutor
 from controller.store.fleet_store import FleetStore
 

@@ -23,8 +23,7 @@ import httpx
 import msgspec
 
 from controller.errors import MemfaultRateLimited, MemfaultUnavailable
-from controller.metrics import memfault_latency_histogram
-from controller.releases import (
+from controller.memfault_answers import (
     ArtifactRef,
     DeviceQuery,
     DeviceRefused,
@@ -33,6 +32,7 @@ from controller.releases import (
     Unanswered,
     UpToDate,
 )
+from controller.metrics import memfault_latency_histogram
 
 LATEST_PATH: Final = "/api/v0/releases/latest"
 MAX_BODY_BYTES: Final = 1024 * 1024

@@ -45,7 +45,7 @@ from controller.rollout_engine.gates import (
     evidence_of_timeout,
 )
 from controller.rollout_engine.model import FlowView, best_link
-from controller.rollout_engine.records import DeviceRecord, RolloutSnapshot
+from controller.rollout_engine.records import RolloutDevice, RolloutSnapshot
 from schemas import (
     DeviceJobState,
     GateDecision,
@@ -94,7 +94,7 @@ UNHEARD_RECHECK_S = 2.0
 MAX_SKIPS_PER_TICK = 256
 _DECODER = msgspec.msgpack.Decoder(RolloutSnapshot)
 _PLAN_DECODER = msgspec.msgpack.Decoder(RolloutPlan)
-_DEVICE_DECODER = msgspec.msgpack.Decoder(DeviceRecord)
+_DEVICE_DECODER = msgspec.msgpack.Decoder(RolloutDevice)
 _ENCODER = msgspec.msgpack.Encoder()
 
 
@@ -130,7 +130,7 @@ class RolloutMachine:
         self._evidence: list[dict[Evidence, int]] = []
         self._ready: list[deque[str]] = []
         self._backoff: list[tuple[float, str]] = []
-        self._in_flight: dict[str, DeviceRecord] = {}
+        self._in_flight: dict[str, RolloutDevice] = {}
         self._jobs: dict[str, str] = {}
         self._dirty: set[str] = set()
         self._plan_dirty = False
@@ -275,7 +275,7 @@ class RolloutMachine:
             g: (self._s.gateway_successes.get(g, 0), self._s.gateway_failures.get(g, 0)) for g in gateways
         }
 
-    def device(self, serial: str) -> DeviceRecord | None:
+    def device(self, serial: str) -> RolloutDevice | None:
         """One device's record."""
         return self._s.devices.get(serial)
 
@@ -355,11 +355,11 @@ class RolloutMachine:
         """Adopt a (new) plan; only before the rollout starts."""
         if self._s.status not in (RolloutStatus.CREATED, RolloutStatus.PLANNED):
             raise RolloutError(f"rollout is {self._s.status}; it can no longer be re-planned")
-        devices: dict[str, DeviceRecord] = {}
+        devices: dict[str, RolloutDevice] = {}
         order: list[str] = []
         for wave in plan.waves:
             for planned in wave.devices:
-                devices[planned.device_serial] = DeviceRecord(
+                devices[planned.device_serial] = RolloutDevice(
                     wave=wave.index, gateway=planned.gateway_id, hardware_version=planned.hardware_version
                 )
                 order.append(planned.device_serial)
@@ -499,7 +499,7 @@ class RolloutMachine:
     def _after_failure(
         self,
         serial: str,
-        record: DeviceRecord,
+        record: RolloutDevice,
         *,
         outcome: JobOutcome,
         reason: ReasonCode,
@@ -536,7 +536,7 @@ class RolloutMachine:
         return []
 
     def _penalized(
-        self, serial: str, record: DeviceRecord, now_s: float, why: str, evidence: Evidence
+        self, serial: str, record: RolloutDevice, now_s: float, why: str, evidence: Evidence
     ) -> bool:
         """Count a failed attempt; park the device once it failed `device_failures` times lately."""
         penalty = self._s.spec.penalty
@@ -662,7 +662,7 @@ class RolloutMachine:
                 effects += self._after_timeout(serial, record, now_s, why)
         return effects
 
-    def _after_timeout(self, serial: str, record: DeviceRecord, now_s: float, why: str) -> list[Effect]:
+    def _after_timeout(self, serial: str, record: RolloutDevice, now_s: float, why: str) -> list[Effect]:
         retry = self._s.spec.retry
         evidence = evidence_of_timeout(progressed=record.progress_at > record.dispatched_at)
         effects = self._strike(record.gateway, serial, now_s)
@@ -784,7 +784,7 @@ class RolloutMachine:
         self._s.started += len(effects)
         return effects
 
-    def _unheard(self, serial: str, record: DeviceRecord, now_s: float) -> list[Effect]:
+    def _unheard(self, serial: str, record: RolloutDevice, now_s: float) -> list[Effect]:
         """No online gateway hears the device: wait for one, up to the rollout's `unreachable_s`."""
         record.unheard_since = record.unheard_since or now_s
         grace_s = self._s.spec.deadlines.unreachable_s
@@ -795,7 +795,7 @@ class RolloutMachine:
         return self._wait(serial, recheck_at_s, NO_GATEWAY_YET)
 
     def _dispatch(
-        self, serial: str, record: DeviceRecord, gateway_id: str, now: datetime, now_s: float
+        self, serial: str, record: RolloutDevice, gateway_id: str, now: datetime, now_s: float
     ) -> Dispatch:
         self._s.job_seq += 1
         digest = hashlib.sha256(f"{self._s.rollout_id}\0{serial}\0{self._s.job_seq}".encode()).hexdigest()[

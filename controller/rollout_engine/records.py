@@ -8,8 +8,8 @@ from controller.rollout_engine.gates import Evidence
 from schemas import DeviceJobState, GateDecision, RolloutPlan, RolloutSpec, RolloutStatus
 
 
-class DeviceRecord(msgspec.Struct, kw_only=True):
-    """Where one device of the rollout stands."""
+class RolloutDevice(msgspec.Struct, kw_only=True):
+    """Where one device stands in one rollout (the fleet store's `DeviceRecord` is the device itself)."""
 
     wave: int
     gateway: str
@@ -43,7 +43,7 @@ class RolloutSnapshot(msgspec.Struct, kw_only=True):
     created_at: float
     status: RolloutStatus = RolloutStatus.CREATED
     plan: RolloutPlan | None = None
-    devices: dict[str, DeviceRecord] = msgspec.field(default_factory=dict)
+    devices: dict[str, RolloutDevice] = msgspec.field(default_factory=dict)
     order: list[str] = msgspec.field(default_factory=list)
     current_wave: int = 0
     wave_started_at: float = 0.0

@@ -19,11 +19,11 @@ from typing import Final
 
 import msgspec
 
-from agent.device_link import TransportLink
 from agent.errors import DeviceUnreachable, LinkClosed, SmpLocalError
 from agent.factory import LinkOptions, Transports
+from agent.link.device_link import TransportLink
+from agent.link.session import SessionCounters
 from agent.service import MqttHooks
-from agent.session import SessionCounters
 from agent.settings import AgentSettings, UdpDevice
 from schemas import TopicKind, channels
 from service_runtime.mqtt import Inbound, Outbound

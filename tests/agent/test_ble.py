@@ -11,19 +11,19 @@ from bleak.assigned_numbers import AdvertisementDataType
 from bleak.backends.device import BLEDevice
 
 from agent.ble_discovery import BleLink, ScanDemand, or_patterns
-from agent.device_link import DeviceLink, udp_link
-from agent.discovery import Inventory
+from agent.device_probe import KnownDevice
 from agent.errors import DeviceUnreachable
-from agent.inventory import KnownDevice
-from agent.session import SmpSession
-from agent.settings import BleConfig, DiscoveryConfig
-from agent.transport.ble import (
+from agent.inventory import Inventory
+from agent.link.device_link import DeviceLink, udp_link
+from agent.link.session import SmpSession
+from agent.link.transport.ble import (
     DEFAULT_FRAME_BYTES,
     SMP_SERVICE_UUID,
     BleTransport,
     Reassembly,
     frame_limit_bytes,
 )
+from agent.settings import BleConfig, DiscoveryConfig
 from schemas import Reachability, Transport
 from simulator.server import FleetServer
 from tests.integration.world import fleet_of

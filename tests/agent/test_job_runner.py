@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.device_link import DeviceLink
 from agent.factory import build_agent
 from agent.jobs import JobRunner, RunnerSettings
 from agent.journal import Journal
+from agent.link.device_link import DeviceLink
 from agent.settings import (
     AgentSettings,
     DiscoveryConfig,

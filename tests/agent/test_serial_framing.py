@@ -11,9 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.device_link import configured_serial_link, serial_identity
-from agent.settings import AgentSettings, SerialDevice
-from agent.transport.serial import (
+from agent.link.device_link import configured_serial_link, serial_identity
+from agent.link.transport.serial import (
     MAX_LINE_BYTES,
     SERIAL_FRAMING_BYTES,
     ConsoleFrameDecoder,
@@ -21,6 +20,7 @@ from agent.transport.serial import (
     encode_lines,
     port_name,
 )
+from agent.settings import AgentSettings, SerialDevice
 from service_runtime.config import load_config
 from service_runtime.errors import ConfigError
 

@@ -4,7 +4,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.correlation import DeviceFacts, Excluded, Exclusion, Install, correlate
-from controller.releases import ArtifactRef, DeviceQuery, DeviceRefused, ReleaseOffer, Unanswered, UpToDate
+from controller.memfault_answers import (
+    ArtifactRef,
+    DeviceQuery,
+    DeviceRefused,
+    ReleaseOffer,
+    Unanswered,
+    UpToDate,
+)
 from schemas.versions import version_key
 
 VERSIONS = ["1.0.0", "1.1.0", "1.5.0", "2.0.0", "2.1.0"]

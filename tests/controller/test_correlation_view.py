@@ -8,7 +8,7 @@ import httpx
 from controller.correlation import DeviceFacts
 from controller.correlation_view import CorrelationSettings, CorrelationView
 from controller.memfault import MemfaultClient, MemfaultSettings
-from controller.releases import Unanswered, UpToDate
+from controller.memfault_answers import Unanswered, UpToDate
 
 WAIT_S = 10.0
 SETTINGS = MemfaultSettings(base_url="https://api.test", max_retries=1, backoff_initial_s=0.01)

@@ -8,7 +8,7 @@ import pytest
 from controller.cli import ENV_PREFIX
 from controller.errors import StoreError
 from controller.factory import build_controller
-from controller.releases import DeviceQuery, UpToDate
+from controller.memfault_answers import DeviceQuery, UpToDate
 from controller.settings import ControllerSettings, StoreConfig
 from controller.store.opening import open_store
 from service_runtime.config import load_config

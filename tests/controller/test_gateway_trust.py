@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.inventory import fingerprint as agent_fingerprint
+from agent.device_probe import fingerprint as agent_fingerprint
 from controller.gateway_trust import (
     REFUSAL_LABELS,
     RefusalReason,

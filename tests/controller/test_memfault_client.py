@@ -8,7 +8,7 @@ import pytest
 
 from controller.errors import MemfaultRateLimited, MemfaultUnavailable
 from controller.memfault import MemfaultClient, MemfaultSettings
-from controller.releases import DeviceQuery, DeviceRefused, ReleaseOffer, Unanswered, UpToDate
+from controller.memfault_answers import DeviceQuery, DeviceRefused, ReleaseOffer, Unanswered, UpToDate
 
 QUERY = DeviceQuery("S1", "nrf54l15dk", "app", "1.0.0", "key-1")
 RELEASE = {

@@ -12,8 +12,8 @@ import pytest
 
 from controller.errors import MemfaultUnavailable
 from controller.memfault import MemfaultClient, MemfaultSettings
+from controller.memfault_answers import DeviceQuery, ReleaseOffer, UpToDate
 from controller.memfault_transport import PooledAiohttpTransport
-from controller.releases import DeviceQuery, ReleaseOffer, UpToDate
 from simulator.cloud import CloudEmulator
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import pytest
 
 from controller.errors import MemfaultUnavailable
 from controller.memfault import MemfaultClient, MemfaultSettings
-from controller.releases import DeviceQuery, DeviceRefused, ReleaseOffer, UpToDate
+from controller.memfault_answers import DeviceQuery, DeviceRefused, ReleaseOffer, UpToDate
 from simulator.cloud import CloudEmulator
 
 pytestmark = pytest.mark.integration

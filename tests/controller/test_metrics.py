@@ -11,6 +11,7 @@ from prometheus_client.samples import Sample
 
 from controller.factory import build_controller
 from controller.memfault import MemfaultClient, MemfaultStats
+from controller.memfault_answers import DeviceQuery
 from controller.metrics import (
     LATENCY_BUCKETS_S,
     MEMFAULT_STATUSES,
@@ -19,7 +20,6 @@ from controller.metrics import (
     ControllerReadings,
     RolloutReading,
 )
-from controller.releases import DeviceQuery
 from controller.service import ControllerService
 from controller.settings import ControllerSettings, MemfaultConfig, StoreConfig
 from schemas import GateVerdict, JobOutcome, ReasonCode, ReplyStatus, RolloutStatus

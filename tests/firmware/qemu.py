@@ -31,8 +31,8 @@ from typing import Final
 import cbor2
 from intelhex import IntelHex
 
+from agent.link.transport.serial import ConsoleFrameDecoder
 from agent.smp.frame import HEADER_SIZE, decode_header
-from agent.transport.serial import ConsoleFrameDecoder
 from tests.firmware.fixtures import FirmwareBuild, FirmwareMissing, fixture
 
 START_TIMEOUT_S: Final = 20.0

@@ -29,11 +29,11 @@ from typing import Any
 import cbor2
 import pytest
 
-from agent.session import SmpSession
+from agent.link.image_upload import request_pipelined
+from agent.link.session import SmpSession
+from agent.link.transport.udp import UdpTransport
 from agent.smp import commands
 from agent.smp.upload import WindowLimits
-from agent.transport.udp import UdpTransport
-from agent.uploader import request_pipelined
 from simulator.device.calibration import native_sim_udp_device
 from simulator.server import FleetServer
 from tests.firmware.native_sim import NO_BUFFER_PATTERN, native_sim_udp

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from agent.errors import SmpDeviceError
-from agent.session import SmpSession
+from agent.link.image_upload import request_pipelined
+from agent.link.session import SmpSession
+from agent.link.transport.udp import UdpTransport
 from agent.smp import commands, group128
 from agent.smp.frame import McumgrErr
 from agent.smp.upload import WindowLimits
-from agent.transport.udp import UdpTransport
-from agent.uploader import request_pipelined
 from schemas.inventory import MemfaultAccess
 from tests.firmware.native_sim import NO_BUFFER_PATTERN, NativeSimUdp, native_sim_udp
 

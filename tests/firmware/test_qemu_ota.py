@@ -16,14 +16,14 @@ from typing import Final
 import msgspec
 import pytest
 
-from agent.device_link import serial_identity, serial_link
 from agent.errors import TransportError
 from agent.firmware import inspect_image
+from agent.link.device_link import serial_identity, serial_link
+from agent.link.image_upload import upload_image
+from agent.link.session import SmpSession
 from agent.service import AgentService
-from agent.session import SmpSession
 from agent.settings import DiscoveryConfig, JobsConfig, SerialDevice
 from agent.smp import commands
-from agent.uploader import upload_image
 from schemas import JobOutcome, MemfaultAccess, ReasonCode, Transport
 from simulator.cloud import CloudEmulator
 from tests.firmware.fixtures import FirmwareBuild, build, fixture

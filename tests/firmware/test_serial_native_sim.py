@@ -8,9 +8,9 @@ from typing import Final
 
 import pytest
 
-from agent.device_link import serial_link
+from agent.device_probe import probe
 from agent.errors import LinkTimeout, SmpDeviceError
-from agent.inventory import probe
+from agent.link.device_link import serial_link
 from agent.smp import commands
 from agent.smp.frame import McumgrErr
 from schemas import MemfaultAccess, Transport

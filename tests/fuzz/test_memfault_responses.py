@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from controller.errors import MemfaultError
 from controller.memfault import MemfaultClient, MemfaultSettings
-from controller.releases import DeviceQuery, DeviceRefused, ReleaseOffer, Unanswered, UpToDate
+from controller.memfault_answers import DeviceQuery, DeviceRefused, ReleaseOffer, Unanswered, UpToDate
 from tests.fuzz.payloads import JSON_VALUES, drawn, mutations
 
 pytestmark = pytest.mark.integration

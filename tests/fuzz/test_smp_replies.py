@@ -19,8 +19,8 @@ import pytest
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from agent.device_link import udp_link
 from agent.errors import AgentError
+from agent.link.device_link import udp_link
 from agent.smp import commands
 from schemas import JobOutcome
 from simulator.cloud import CloudEmulator

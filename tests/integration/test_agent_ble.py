@@ -19,8 +19,8 @@ import msgspec
 import pytest
 
 from agent.ble_discovery import BleDiscovery, or_patterns
+from agent.device_probe import fallback_serial
 from agent.factory import BleBackends, Transports, build_agent
-from agent.inventory import fallback_serial
 from agent.service import AgentService
 from agent.settings import BleConfig
 from schemas import JobOutcome, MemfaultAccess, ReasonCode, Transport

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.inventory import fallback_serial
+from agent.device_probe import fallback_serial
 from schemas import JobOutcome, MemfaultAccess, ReasonCode, Transport
 from simulator.cloud import CloudEmulator
 from simulator.device import BootOutcome, FaultPlan, MemfaultMode

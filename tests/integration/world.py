@@ -22,8 +22,8 @@ import msgspec
 import tomli_w
 from prometheus_client import CollectorRegistry
 
-from agent.device_link import DeviceLink, udp_link
 from agent.factory import build_agent
+from agent.link.device_link import DeviceLink, udp_link
 from agent.service import AgentService
 from agent.settings import (
     AgentSettings,

@@ -2,9 +2,9 @@
 
 from dataclasses import replace
 
-from agent.session import SmpSession
-from agent.transport.udp import UdpTransport
-from agent.uploader import UploadReport, upload_image
+from agent.link.image_upload import UploadReport, upload_image
+from agent.link.session import SmpSession
+from agent.link.transport.udp import UdpTransport
 from simulator.device import LinkProfile, SimDevice
 from simulator.image import build_mcuboot_image, parse_mcuboot_image
 from simulator.server import FleetServer

@@ -4,11 +4,11 @@ import re
 from collections.abc import Callable
 from typing import Protocol
 
-from agent.session import SessionCounters, SmpSession
+from agent.link.session import SessionCounters, SmpSession
+from agent.link.transport.base import SmpTransport
+from agent.link.transport.serial import SerialTransport, port_name
+from agent.link.transport.udp import UdpTransport
 from agent.settings import SerialDevice
-from agent.transport.base import SmpTransport
-from agent.transport.serial import SerialTransport, port_name
-from agent.transport.udp import UdpTransport
 
 _NOT_IN_IDS = re.compile(r"[^A-Za-z0-9._:@-]")
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from agent.errors import DeviceUnreachable, LinkClosed, LinkTimeout, SmpDeviceError, SmpRemoteError
+from agent.link.transport.base import SmpTransport
 from agent.smp import commands
 from agent.smp.frame import McumgrErr, Reply, decode_header, decode_reply
-from agent.transport.base import SmpTransport
 
 DEFAULT_TIMEOUT_S: Final = 2.5
 SEQUENCE_SPACE: Final = 256

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from agent.errors import LinkClosed, LinkTimeout, SmpRemoteError
-from agent.session import SmpSession
+from agent.link.session import SmpSession
 from agent.smp import commands
 from agent.smp.frame import Reply
 from agent.smp.upload import DEFAULT_MAX_WINDOW, Chunk, UploadWindow, WindowControl, WindowLimits

@@ -26,7 +26,7 @@ from smp import exceptions as smp_exceptions
 from smp import packet as smp_packet
 
 from agent.errors import DeviceUnreachable, LinkClosed, SmpLocalError
-from agent.transport.base import CloseHandler, FrameHandler
+from agent.link.transport.base import CloseHandler, FrameHandler
 
 SERIAL_FRAMING_BYTES: Final = smp_packet.FRAME_LENGTH_STRUCT.size + smp_packet.CRC16_STRUCT.size
 """The length and CRC16 that share the device's reassembly buffer with the frame."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.uploader import UploadReport, upload_image
+from agent.link.image_upload import UploadReport, upload_image
 from simulator.device import FaultPlan, LinkProfile
 from simulator.image import parse_mcuboot_image
 from tests.agent.memory_link import MemoryDevice

@@ -31,9 +31,9 @@ from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
 
 from agent.errors import DeviceUnreachable, LinkClosed, SmpDeviceError, SmpLocalError, SmpRemoteError
+from agent.link.transport.base import CloseHandler, FrameHandler
 from agent.smp.commands import OS_RESET
 from agent.smp.frame import HEADER_SIZE, Group, McumgrErr, Op, decode_header, decode_reply
-from agent.transport.base import CloseHandler, FrameHandler
 
 log = structlog.get_logger("mcufleet.agent.ble")
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Final
 
 from agent.errors import DeviceUnreachable, LinkClosed, SmpLocalError
-from agent.transport.base import CloseHandler, FrameHandler
+from agent.link.transport.base import CloseHandler, FrameHandler
 
 DEFAULT_PORT: Final = 1337
 IPV4_UDP_OVERHEAD_BYTES: Final = 28
