@@ -44,7 +44,6 @@ from simulator.fleet import DeviceSpec, Fleet
 from simulator.server import FleetServer
 from tests.harness.broker import MosquittoBroker
 from tests.harness.ports import free_tcp_port
-from tests.integration.test_rollout_e2e import create_and_start, latest
 from tests.integration.world import (
     FAST_FIRMWARE,
     HARDWARE,
@@ -54,6 +53,8 @@ from tests.integration.world import (
     Release,
     agent_settings,
     controller_probe,
+    create_and_start,
+    latest,
     operator_client,
     publish_release,
     settings_document,

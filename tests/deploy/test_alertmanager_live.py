@@ -37,9 +37,10 @@ from tests.deploy.test_prometheus_live import (
 )
 from tests.harness.ports import free_tcp_port
 from tests.harness.ready_process import ready_process
-from tests.integration.test_rollout_e2e import create_and_start, registry_has
 from tests.integration.world import (
+    create_and_start,
     publish_release,
+    registry_has,
     wait_until,
 )
 

@@ -46,12 +46,13 @@ from tests.deploy.dashboards import (
 from tests.harness.broker import MosquittoBroker
 from tests.harness.ports import free_tcp_port
 from tests.harness.ready_process import ready_process
-from tests.integration.test_rollout_e2e import create_and_start, registry_has
 from tests.integration.world import (
     TREE,
     agent_settings,
+    create_and_start,
     operator_client,
     publish_release,
+    registry_has,
     running_agent,
     running_controller,
     simulated_devices,

@@ -40,7 +40,6 @@ from schemas.jobs import JobPhase
 from simulator.cloud import CloudEmulator
 from tests.fuzz.payloads import refused
 from tests.harness.broker import MosquittoBroker
-from tests.integration.test_rollout_e2e import registry_has
 from tests.integration.world import (
     TREE,
     agent_settings,
@@ -48,6 +47,7 @@ from tests.integration.world import (
     operator_client,
     ota_command,
     publish_release,
+    registry_has,
     running_agent,
     running_controller,
     simulated_devices,

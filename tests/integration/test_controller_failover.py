@@ -28,13 +28,14 @@ from simulator.cloud import CloudEmulator
 from simulator.server import FleetServer
 from tests.harness.broker import MosquittoBroker
 from tests.harness.postgres import throwaway_database
-from tests.integration.test_rollout_e2e import create_and_start, latest
 from tests.integration.test_rollout_resilience import assert_everyone_updated_once, single_wave, slow_fleet
 from tests.integration.world import (
     TREE,
     ProcessUnderTest,
     agent_settings,
     controller_probe,
+    create_and_start,
+    latest,
     operator_client,
     publish_release,
     running_agent,

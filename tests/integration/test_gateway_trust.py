@@ -49,7 +49,6 @@ from schemas import (
 from service_runtime.mqtt import MqttSession
 from simulator.cloud import CloudEmulator
 from tests.harness.broker import MosquittoBroker
-from tests.integration.test_rollout_e2e import create_and_start
 from tests.integration.world import (
     HARDWARE,
     PROJECT_KEY,
@@ -58,6 +57,7 @@ from tests.integration.world import (
     Release,
     agent_settings,
     controller_probe,
+    create_and_start,
     operator_client,
     ota_command,
     publish_release,

@@ -42,15 +42,16 @@ from simulator.fleet import firmware_image
 from simulator.server import FleetServer
 from tests.harness.broker import MosquittoBroker
 from tests.integration.test_gateway_trust import controller_heard_by_one_gateway
-from tests.integration.test_rollout_e2e import latest, registry_has
 from tests.integration.world import (
     HARDWARE,
     PROJECT_KEY,
     TREE,
     WAIT_S,
     agent_settings,
+    latest,
     operator_client,
     publish_release,
+    registry_has,
     running_agent,
     running_controller,
     simulated_devices,

@@ -14,8 +14,14 @@ from schemas import FlowSpec, RolloutSpec, WaveSpec
 from simulator.cloud import CloudEmulator
 from simulator.device import BootOutcome
 from tests.harness.broker import MosquittoBroker
-from tests.integration.test_rollout_e2e import gateways, registry_has
-from tests.integration.world import publish_release, running_controller, simulated_devices, wait_until
+from tests.integration.world import (
+    gateways,
+    publish_release,
+    registry_has,
+    running_controller,
+    simulated_devices,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 CLI_TIMEOUT_S = 120.0

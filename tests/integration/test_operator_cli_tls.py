@@ -58,11 +58,11 @@ from tests.deploy.pki import ThrowawayAuthority
 from tests.deploy.secure_broker import secure_broker
 from tests.harness.broker import MosquittoBroker
 from tests.harness.ports import free_tcp_port
-from tests.integration.test_rollout_e2e import registry_has
 from tests.integration.world import (
     TREE,
     agent_settings,
     publish_release,
+    registry_has,
     running_agent,
     running_controller,
     simulated_devices,

@@ -2,106 +2,41 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
-import aiomqtt
 import pytest
 
-from agent.service import AgentService
-from controller.operator_cli import read_plan, send_request
-from controller.service import ControllerService
+from controller.operator_cli import send_request
 from schemas import (
-    CreateRollout,
     FlowSpec,
     GateSpec,
     PauseRollout,
     ReplyStatus,
     RequestId,
     RolloutId,
-    RolloutPlan,
     RolloutSpec,
     RolloutState,
     RolloutStatus,
-    StartRollout,
     TopicKind,
     WaveSpec,
-    channels,
 )
 from simulator.cloud import CloudEmulator
 from simulator.device import BootOutcome, FaultPlan
-from simulator.server import FleetServer
 from tests.harness.broker import MosquittoBroker
 from tests.integration.world import (
     TREE,
-    agent_settings,
+    create_and_start,
+    gateways,
+    latest,
     operator_client,
     publish_release,
-    running_agent,
+    registry_has,
     running_controller,
     simulated_devices,
     wait_until,
 )
 
 pytestmark = pytest.mark.integration
-ROLLOUT_WAIT_S = 120.0
-
-
-@contextlib.asynccontextmanager
-async def gateways(
-    broker: MosquittoBroker, devices: FleetServer, tmp_path: Path, count: int
-) -> AsyncIterator[list[AgentService]]:
-    """`count` agents; device i is heard by gateway i % count and by the next one (overlap)."""
-    serials = sorted(devices.endpoints)
-    async with contextlib.AsyncExitStack() as stack:
-        agents = []
-        for index in range(count):
-            heard = [
-                devices.endpoints[s] for i, s in enumerate(serials) if index in (i % count, (i + 1) % count)
-            ]
-            settings = agent_settings(f"gw-{index}", broker, tmp_path / f"gw-{index}", heard)
-            agents.append(await stack.enter_async_context(running_agent(settings)))
-        yield agents
-
-
-async def registry_has(controller: ControllerService, devices: int, links_per_device: int = 1) -> bool:
-    """Whether the controller knows `devices` devices, their keys, and enough gateways for each."""
-    store = controller.store
-    known = await controller.executor.call(store.devices)
-    if any(len(device.links) < links_per_device for device in known):
-        return False
-    keys = await controller.executor.call(store.project_keys)
-    gateways = await controller.executor.call(store.gateways)
-    return (
-        len(known) >= devices
-        and len(keys) >= devices
-        and all(g.online for g in gateways)
-        and len(gateways) >= 1
-    )
-
-
-async def latest(
-    client: aiomqtt.Client,
-    kind: TopicKind,
-    rollout_id: str,
-    predicate: Callable[[Any], bool],
-    timeout_s: float = ROLLOUT_WAIT_S,
-) -> Any:
-    """Follow a retained rollout topic until `predicate(message)` holds."""
-    topic = TREE.topic(kind, rollout_id=rollout_id)
-    await client.subscribe(topic, qos=1)
-    async with asyncio.timeout(timeout_s):
-        async for message in client.messages:
-            if message.topic.value != topic or not isinstance(message.payload, bytes) or not message.payload:
-                continue
-            decoded = channels.decode(kind, message.payload, topic)
-            if predicate(decoded):
-                await client.unsubscribe(topic)
-                return decoded
-    raise AssertionError("unreachable")
 
 
 def three_waves(**overrides: object) -> RolloutSpec:
@@ -112,33 +47,6 @@ def three_waves(**overrides: object) -> RolloutSpec:
         flow=FlowSpec(max_in_flight=12, max_in_flight_per_gateway=2),
         **overrides,  # type: ignore[arg-type]
     )
-
-
-async def create_and_start(client: aiomqtt.Client, rollout_id: str, spec: RolloutSpec) -> RolloutPlan:
-    """Create, wait for the plan, start it: as an operator does."""
-    reply = await send_request(
-        client,
-        TREE,
-        CreateRollout(
-            request_id=RequestId(f"{rollout_id}-create"), rollout_id=RolloutId(rollout_id), spec=spec
-        ),
-        15,
-    )
-    assert reply is not None and reply.status is ReplyStatus.ACCEPTED, reply
-    plan = await read_plan(client, TREE, rollout_id, ROLLOUT_WAIT_S)
-    assert plan is not None, "no plan published"
-    reply = await send_request(
-        client,
-        TREE,
-        StartRollout(
-            request_id=RequestId(f"{rollout_id}-start"),
-            rollout_id=RolloutId(rollout_id),
-            plan_id=plan.plan_id,
-        ),
-        15,
-    )
-    assert reply is not None and reply.status is ReplyStatus.ACCEPTED, reply
-    return plan
 
 
 async def test_three_wave_rollout_over_three_gateways_updates_every_device(

@@ -49,7 +49,6 @@ from simulator.fleet import DeviceSpec, Fleet
 from simulator.server import FleetServer
 from tests.harness.broker import MosquittoBroker
 from tests.harness.upload_trace import UploadTrace, assert_resumed
-from tests.integration.test_rollout_e2e import create_and_start, latest, registry_has
 from tests.integration.world import (
     FAST_FIRMWARE,
     HARDWARE,
@@ -58,8 +57,11 @@ from tests.integration.world import (
     ProcessUnderTest,
     agent_settings,
     controller_probe,
+    create_and_start,
+    latest,
     operator_client,
     publish_release,
+    registry_has,
     running_agent,
     running_controller,
     settings_document,

@@ -40,12 +40,14 @@ from simulator.device import FaultPlan, LinkProfile
 from simulator.server import FleetServer
 from tests.harness.broker import MosquittoBroker
 from tests.harness.udp_proxy import SmpUdpProxy, is_image_upload, serve
-from tests.integration.test_rollout_e2e import create_and_start, latest, registry_has
 from tests.integration.world import (
     TREE,
     agent_settings,
+    create_and_start,
+    latest,
     operator_client,
     publish_release,
+    registry_has,
     running_agent,
     running_controller,
     simulated_devices,

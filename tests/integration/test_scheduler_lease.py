@@ -30,9 +30,18 @@ from schemas import FlowSpec, RolloutState, RolloutStatus, TopicKind
 from simulator.cloud import CloudEmulator
 from tests.harness.broker import MosquittoBroker
 from tests.integration.fake_gateway import FakeGateway, fake_gateway
-from tests.integration.test_rollout_e2e import create_and_start, latest, registry_has
 from tests.integration.test_rollout_resilience import single_wave
-from tests.integration.world import HARDWARE, PROJECT_KEY, TREE, operator_client, publish_release, wait_until
+from tests.integration.world import (
+    HARDWARE,
+    PROJECT_KEY,
+    TREE,
+    create_and_start,
+    latest,
+    operator_client,
+    publish_release,
+    registry_has,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -35,6 +35,7 @@ from agent.settings import (
     UdpDevice,
 )
 from controller.factory import build_controller
+from controller.operator_cli import read_plan, send_request
 from controller.service import ControllerService
 from controller.settings import (
     ControllerSettings,
@@ -49,12 +50,19 @@ from controller.settings import MetricsConfig as ControllerMetrics
 from controller.settings import MqttConfig as ControllerMqtt
 from schemas import (
     Artifact,
+    CreateRollout,
     DeviceReport,
     DeviceSerial,
     JobId,
     JobProgress,
     JobResult,
     OtaCommand,
+    ReplyStatus,
+    RequestId,
+    RolloutId,
+    RolloutPlan,
+    RolloutSpec,
+    StartRollout,
     TopicKind,
     TopicTree,
     channels,
@@ -318,6 +326,91 @@ async def wait_until(
     async with asyncio.timeout(timeout_s):
         while not await predicate():  # noqa: ASYNC110 (database state offers nothing to await)
             await asyncio.sleep(poll_s)
+
+
+ROLLOUT_WAIT_S = 120.0
+"""How long a rollout test waits for a retained rollout topic to reach a state."""
+
+
+@contextlib.asynccontextmanager
+async def gateways(
+    broker: MosquittoBroker, devices: FleetServer, tmp_path: Path, count: int
+) -> AsyncIterator[list[AgentService]]:
+    """`count` agents; device i is heard by gateway i % count and by the next one (overlap)."""
+    serials = sorted(devices.endpoints)
+    async with contextlib.AsyncExitStack() as stack:
+        agents = []
+        for index in range(count):
+            heard = [
+                devices.endpoints[s] for i, s in enumerate(serials) if index in (i % count, (i + 1) % count)
+            ]
+            settings = agent_settings(f"gw-{index}", broker, tmp_path / f"gw-{index}", heard)
+            agents.append(await stack.enter_async_context(running_agent(settings)))
+        yield agents
+
+
+async def registry_has(controller: ControllerService, devices: int, links_per_device: int = 1) -> bool:
+    """Whether the controller knows `devices` devices, their keys, and enough gateways for each."""
+    store = controller.store
+    known = await controller.executor.call(store.devices)
+    if any(len(device.links) < links_per_device for device in known):
+        return False
+    keys = await controller.executor.call(store.project_keys)
+    gateways = await controller.executor.call(store.gateways)
+    return (
+        len(known) >= devices
+        and len(keys) >= devices
+        and all(g.online for g in gateways)
+        and len(gateways) >= 1
+    )
+
+
+async def latest(
+    client: aiomqtt.Client,
+    kind: TopicKind,
+    rollout_id: str,
+    predicate: Callable[[Any], bool],
+    timeout_s: float = ROLLOUT_WAIT_S,
+) -> Any:
+    """Follow a retained rollout topic until `predicate(message)` holds."""
+    topic = TREE.topic(kind, rollout_id=rollout_id)
+    await client.subscribe(topic, qos=1)
+    async with asyncio.timeout(timeout_s):
+        async for message in client.messages:
+            if message.topic.value != topic or not isinstance(message.payload, bytes) or not message.payload:
+                continue
+            decoded = channels.decode(kind, message.payload, topic)
+            if predicate(decoded):
+                await client.unsubscribe(topic)
+                return decoded
+    raise AssertionError("unreachable")
+
+
+async def create_and_start(client: aiomqtt.Client, rollout_id: str, spec: RolloutSpec) -> RolloutPlan:
+    """Create, wait for the plan, start it: as an operator does."""
+    reply = await send_request(
+        client,
+        TREE,
+        CreateRollout(
+            request_id=RequestId(f"{rollout_id}-create"), rollout_id=RolloutId(rollout_id), spec=spec
+        ),
+        15,
+    )
+    assert reply is not None and reply.status is ReplyStatus.ACCEPTED, reply
+    plan = await read_plan(client, TREE, rollout_id, ROLLOUT_WAIT_S)
+    assert plan is not None, "no plan published"
+    reply = await send_request(
+        client,
+        TREE,
+        StartRollout(
+            request_id=RequestId(f"{rollout_id}-start"),
+            rollout_id=RolloutId(rollout_id),
+            plan_id=plan.plan_id,
+        ),
+        15,
+    )
+    assert reply is not None and reply.status is ReplyStatus.ACCEPTED, reply
+    return plan
 
 
 def to_toml(document: Mapping[str, object]) -> str:
