@@ -2,6 +2,11 @@
 
 Values from zephyrproject-rtos/zephyr:include/zephyr/mgmt/mcumgr/mgmt/mgmt_defines.h, img_mgmt.h,
 os_mgmt.h and memfault/memfault-firmware-sdk:ports/zephyr/include/memfault/ports/zephyr/memfault_mcumgr.h.
+
+Written again on purpose, apart from the agent's `agent.smp.frame`: the simulator is the oracle the
+agent is tested against, so its numbers and header layout (here, in `codec.py` and `enum_group.py`)
+come from Zephyr's headers independently. One shared definition would let a wrong number pass on
+both sides; the duplicate-code scan's pairs between these files and `agent/smp/` are expected.
 """
 
 from enum import IntEnum

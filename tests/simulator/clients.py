@@ -1,4 +1,9 @@
-"""SMP clients for integration tests: smpclient over a UDP port of our choosing, group 128 models, raw UDP."""
+"""SMP clients for integration tests: smpclient over a UDP port of our choosing, group 128 models, raw UDP.
+
+The group 128 models are written again in `smpmgr_plugin/memfault_group.py` on purpose: that file
+runs inside smpmgr's own virtual environment (with typer and rich, which ours lacks) and must
+import nothing from this tree.
+"""
 
 import asyncio
 from enum import IntEnum
