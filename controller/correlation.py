@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import assert_never
 
 from controller.memfault_answers import (
     ArtifactRef,
@@ -112,6 +113,8 @@ def correlate(  # noqa: PLR0911 (one return per exclusion; reads as the rules ab
             )
         case ReleaseOffer():
             return _offer(facts, answer, target_version)
+        case _:
+            assert_never(answer)
 
 
 def _offer(facts: DeviceFacts, offer: ReleaseOffer, target_version: str) -> Correlation:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Final, assert_never
 
 from controller.correlation import Correlation, DeviceFacts, Excluded, Exclusion, Install, correlate
 from controller.correlation_view import CorrelationView, Freshness, read_facts
@@ -129,6 +129,8 @@ class RegistryView:
                     refusal = result.detail
                     if result.reason is Exclusion.NOT_ASKED_YET and view.outage():
                         refusal = f"memfault unavailable: {view.outage()}"
+                case _:
+                    assert_never(result)
             candidates.append(
                 Candidate(
                     fact.serial,

@@ -603,6 +603,8 @@ class RolloutCoordinator:
                     )
                 case Audit():
                     self._audit(machine, [effect], now, step)
+                case _:
+                    assert_never(effect)
 
     def _audit(self, machine: RolloutMachine, effects: list[Effect], now: datetime, step: _Step) -> None:
         for effect in effects:

@@ -19,7 +19,7 @@ import functools
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, assert_never
 
 from agent.errors import LinkClosed, LinkTimeout, SmpRemoteError
 from agent.link.session import SmpSession
@@ -72,6 +72,8 @@ def window_control(session: SmpSession, window: int | WindowLimits | None) -> Wi
             limits = WindowLimits(initial=window, maximum=max(window, DEFAULT_MAX_WINDOW))
         case WindowLimits():
             limits = window
+        case _:
+            assert_never(window)
     return WindowControl(limits.start(None if session.params is None else session.params.buf_count), limits)
 
 

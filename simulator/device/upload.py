@@ -15,6 +15,7 @@ Rules of this file (zephyrproject-rtos/zephyr:subsys/mgmt/mcumgr/grp/img_mgmt/sr
 
 import struct
 from dataclasses import dataclass
+from typing import assert_never
 
 from simulator.device.cbor import RequestMap
 from simulator.device.codec import HEADER_SIZE_BYTES, Header
@@ -123,6 +124,8 @@ class ImageUploader:
                 self.session = session
                 self._mcuboot.secondary.erase()
                 return self._write(session, 0, request.data, effects)
+            case _:
+                assert_never(action)
 
     def _write(
         self, session: UploadSession, offset: int, data: bytes, effects: tuple[UploadStarted, ...]

@@ -21,7 +21,7 @@ import contextlib
 import enum
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, assert_never
 
 import structlog
 from bleak import BleakClient
@@ -67,6 +67,8 @@ def frame_limit_bytes(mode: Reassembly, buf_size_bytes: int | None, write_size_b
             return buf_size_bytes or DEFAULT_FRAME_BYTES
         case Reassembly.PARAMS:
             return write_size_bytes if buf_size_bytes is None else buf_size_bytes
+        case _:
+            assert_never(mode)
 
 
 class Presence(Protocol):
