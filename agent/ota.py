@@ -1,7 +1,9 @@
 """One OTA job, start to finish: download, verify, upload, test-boot, verify, confirm, report.
 
 This module carries the job out (I/O, timeouts, retries); what to do next is decided by the pure
-`agent.ota_decisions.decide` from what the device reports.
+`agent.ota_decisions.decide` from what the device reports. Its two waiting loops, reconnecting
+during an upload or after a reset (`_with_backoff`) and polling until the device has really
+rebooted (`_rebooted`), wait on the shared `service_runtime.backoff.Backoff` schedule.
 
 The flow reconciles with what the device already holds before each step, so it is safe to run
 again after an agent crash, a dropped link or a hand-over from another gateway: an image already in
@@ -51,6 +53,7 @@ from agent.smp.frame import Group, ImgMgmtErr, McumgrErr
 from agent.smp.upload import UploadStalled, WindowLimits
 from schemas import JobOutcome, JobPhase, OtaCommand, ReasonCode
 from schemas.versions import is_version, same_version
+from service_runtime.backoff import Backoff
 
 AFTER_TEST_BOOT: Final = "; it may run the unconfirmed test image until its next reset"
 """Said of a device silent after its test boot: MCUboot reverts only on the next reset."""
@@ -128,11 +131,13 @@ class OtaJob:
         on_upload_start: Callable[[], None] | None = None,
         upload_slot: asyncio.Semaphore | None = None,
         journal_phase: JobPhase | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         """Prepare the job; `on_upload_start` lets the journal count flashes durably.
 
         `upload_slot`, shared by a gateway's jobs, bounds how many upload at once (the radio).
         `journal_phase` is the phase the journal held for this job when it was resumed.
+        `sleep` is how the reconnect and reboot-poll backoffs wait (a test may record it).
         """
         self.command = command
         self._link = link
@@ -142,6 +147,7 @@ class OtaJob:
         self._on_upload_start = on_upload_start
         self._upload_slot = upload_slot or asyncio.Semaphore(1)
         self._journal_phase = journal_phase
+        self._sleep = sleep
         self.uploads = 0
         self.testing_started = not cancellable(journal_phase)
         """Set once the test-boot is requested: from then on the job finishes even when canceled."""
@@ -351,7 +357,9 @@ class OtaJob:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._settings.reboot_timeout_s
         next_reset = loop.time() + RESET_RETRY_S
-        delay = self._settings.reconnect_initial_s
+        # Capped like the poll's connects: the device is back within a second or two, and every
+        # second waited here is a second of the rollout.
+        backoff = self._backoff(min(REBOOT_POLL_MAX_DELAY_S, self._settings.reconnect_max_s))
         while True:
             session = await self._reconnect(max(0.0, give_up - loop.time()), poll=True)
             try:
@@ -372,17 +380,9 @@ class OtaJob:
             else:
                 log_detail = "test image still pending"
             await session.close()
-            delay = min(delay, REBOOT_POLL_MAX_DELAY_S)
             if loop.time() >= give_up:
-                raise _end(
-                    JobOutcome.FAILED,
-                    ReasonCode.REBOOT_TIMEOUT,
-                    retryable=False,  # a failed boot of the release: the same build must not go again
-                    detail=f"no reboot within {self._settings.reboot_timeout_s} s ({log_detail})"
-                    + AFTER_TEST_BOOT,
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._settings.reconnect_max_s)
+                raise _reboot_timed_out(self._settings.reboot_timeout_s, log_detail)
+            await backoff.wait()
 
     async def _reconnect(self, deadline_s: float, *, poll: bool = False) -> SmpSession:
         """Connect with backoff until the device answers (the MCUboot swap takes time).
@@ -407,24 +407,46 @@ class OtaJob:
         *,
         max_delay_s: float | None = None,
     ) -> T:
+        """`attempt()` again after each `DeviceUnreachable`, with backoff, until it succeeds.
+
+        The job ends with `reason` once the next wait would pass `deadline_s`.
+        """
         loop = asyncio.get_running_loop()
         give_up = loop.time() + deadline_s
-        delay = self._settings.reconnect_initial_s
+        backoff = self._backoff(max_delay_s or self._settings.reconnect_max_s)
         while True:
             try:
                 return await attempt()
             except DeviceUnreachable as error:
-                if loop.time() + delay > give_up:
-                    raise _end(
-                        JobOutcome.FAILED,
-                        reason,
-                        # After the test boot, silence is a failed boot of the release, not a link fault.
-                        retryable=reason is not ReasonCode.REBOOT_TIMEOUT,
-                        detail=f"device did not answer within {deadline_s:.0f} s: {error}"
-                        + (AFTER_TEST_BOOT if reason is ReasonCode.REBOOT_TIMEOUT else ""),
-                    ) from None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_delay_s or self._settings.reconnect_max_s)
+                if loop.time() + backoff.upcoming_s > give_up:
+                    raise _unreachable(reason, deadline_s, error) from None
+            await backoff.wait()
+
+    def _backoff(self, max_s: float) -> Backoff:
+        return Backoff(initial_s=self._settings.reconnect_initial_s, max_s=max_s, sleep=self._sleep)
+
+
+def _unreachable(reason: ReasonCode, deadline_s: float, error: DeviceUnreachable) -> _JobEnded:
+    """The end of a job whose device stayed silent for `deadline_s`."""
+    after_test_boot = reason is ReasonCode.REBOOT_TIMEOUT
+    return _end(
+        JobOutcome.FAILED,
+        reason,
+        # After the test boot, silence is a failed boot of the release, not a link fault.
+        retryable=not after_test_boot,
+        detail=f"device did not answer within {deadline_s:.0f} s: {error}"
+        + (AFTER_TEST_BOOT if after_test_boot else ""),
+    )
+
+
+def _reboot_timed_out(reboot_timeout_s: float, log_detail: str) -> _JobEnded:
+    """The end of a job whose device answered but never came back from its reset."""
+    return _end(
+        JobOutcome.FAILED,
+        ReasonCode.REBOOT_TIMEOUT,
+        retryable=False,  # a failed boot of the release: the same build must not go again
+        detail=f"no reboot within {reboot_timeout_s} s ({log_detail})" + AFTER_TEST_BOOT,
+    )
 
 
 async def _state(session: SmpSession) -> list[commands.SlotState]:

@@ -4,12 +4,13 @@ One pooled async client; answers cached per device and version for a TTL; bounde
 request-rate limit; `Retry-After` honoured for its scope: a 503 pauses every query until it passes,
 a 429 (Memfault limits latest-release calls per device) only that device's, which then raises
 `MemfaultRateLimited` at once rather than holding a request slot while it waits; exponential
-backoff on 5xx and timeouts. An outage raises `MemfaultUnavailable`, which
-makes the scheduler pause dispatch: it never fails a device. An answer that is wrong for one device
-only (404, garbage, a truncated or oversized body, or a 5xx that persists while other devices are
-answered; the correlation view tells the two apart by asking another device) is the value
-`Unanswered`: that device is excluded, nothing else stops. Artifact URLs
-expire (six hours), so a dispatch asks with `fresh=True` right before it sends the command.
+backoff (`service_runtime.backoff.Backoff`, never shorter than a pending 503 pause) on 5xx and
+timeouts. An outage raises `MemfaultUnavailable` with the delay the next retry would have waited,
+which makes the scheduler pause dispatch: it never fails a device. An answer that is wrong for one
+device only (404, garbage, a truncated or oversized body, or a 5xx that persists while other devices
+are answered; the correlation view tells the two apart by asking another device) is the value
+`Unanswered`: that device is excluded, nothing else stops. Artifact URLs expire (six hours), so a
+dispatch asks with `fresh=True` right before it sends the command.
 """
 
 import asyncio
@@ -33,6 +34,7 @@ from controller.memfault_answers import (
     UpToDate,
 )
 from controller.metrics import memfault_latency_histogram
+from service_runtime.backoff import Backoff
 
 LATEST_PATH: Final = "/api/v0/releases/latest"
 MAX_BODY_BYTES: Final = 1024 * 1024
@@ -169,7 +171,9 @@ class MemfaultClient:
         return max(0.0, wait)
 
     async def _query(self, query: DeviceQuery) -> ReleaseAnswer:
-        delay = self.settings.backoff_initial_s
+        backoff = Backoff(
+            initial_s=self.settings.backoff_initial_s, max_s=self.settings.backoff_max_s, sleep=self._sleep
+        )
         for attempt in range(self.settings.max_retries + 1):
             if (device_wait := self._device_wait_s(query.device_serial)) > 0:
                 raise MemfaultRateLimited(device_wait, f"Memfault limits {query.device_serial}'s queries")
@@ -194,9 +198,8 @@ class MemfaultClient:
                 raise MemfaultRateLimited(device_wait, f"Memfault limits {query.device_serial}'s queries")
             if attempt < self.settings.max_retries:
                 self.stats.retries += 1
-                await self._sleep(max(delay, self.paused_for_s()))
-                delay = min(delay * 2, self.settings.backoff_max_s)
-        raise MemfaultUnavailable(max(self.paused_for_s(), delay), failure)
+                await backoff.wait(at_least_s=self.paused_for_s())
+        raise MemfaultUnavailable(max(self.paused_for_s(), backoff.upcoming_s), failure)
 
     async def _send(self, query: DeviceQuery) -> httpx.Response:
         started = self._clock()

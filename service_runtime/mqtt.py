@@ -7,7 +7,8 @@ What it owns, so no service has to think about it again:
   that did not start clean; see docs/architecture.md);
 - presence: a new epoch per connection, carried by the will and the retained birth, a retained
   goodbye on a clean stop, and a guard that republishes the birth when a stale will overwrote it;
-- reconnects with jittered exponential backoff and resubscription;
+- reconnects with jittered exponential backoff (`service_runtime.backoff.Backoff`, half jitter,
+  from `backoff_initial_s` after every session that got through) and resubscription;
 - a bounded outbox drained in order while connected, with up to `max_in_flight` QoS 1 messages
   awaiting their PUBACK at once (a message leaves it only once acknowledged; a connection that dies
   puts the unacknowledged ones back at the head, in their order, to be sent again);
@@ -34,6 +35,7 @@ from paho.mqtt.properties import Properties
 
 from schemas import ContractError, TopicTree, channels
 from schemas.topics import Route
+from service_runtime.backoff import Backoff
 from service_runtime.epoch import EpochCounter
 from service_runtime.errors import OutboxFull, SessionClosed
 from service_runtime.mqtt_metrics import MqttMetrics
@@ -257,11 +259,19 @@ class MqttSession:
 
     async def run(self) -> None:
         """Connect, and reconnect with backoff, until `stop()`; never raises for broker trouble."""
-        backoff_s = self.settings.backoff_initial_s
+        # Jitter spreads the reconnects of a whole fleet after a broker restart: half jitter draws
+        # each delay d from [d/2, d].
+        backoff = Backoff(
+            initial_s=self.settings.backoff_initial_s,
+            max_s=self.settings.backoff_max_s,
+            sleep=self._sleep_unless_stopped,
+            jitter=0.5,
+            random=self._rng.random,
+        )
         while not self._stop_requested.is_set():
             try:
                 await self._connected_session()
-                backoff_s = self.settings.backoff_initial_s
+                backoff.reset()
             except (aiomqtt.MqttError, OSError) as error:
                 reason = type(error).__name__
                 self._metrics.connection_failures.labels(reason).inc()
@@ -271,12 +281,13 @@ class MqttSession:
                 self._metrics.connected.set(0)
             if self._stop_requested.is_set():
                 break
-            # Jitter spreads the reconnects of a whole fleet after a broker restart.
-            delay_s = self._rng.uniform(backoff_s / 2, backoff_s)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_requested.wait(), delay_s)
-            backoff_s = min(backoff_s * 2, self.settings.backoff_max_s)
+            await backoff.wait()
         self._stopped = True
+
+    async def _sleep_unless_stopped(self, delay_s: float) -> None:
+        """Wait `delay_s`, or less when `stop()` is called meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), delay_s)
 
     async def stop(self) -> None:
         """Ask `run()` to publish the goodbye, disconnect cleanly and return."""
