@@ -6,6 +6,8 @@ Rules of this file:
 - No I/O and no clock: every method takes `now`; the coordinator persists `take_changes()` (the
   small header, the plan when it changed, and only the devices whose record changed) and carries
   out the returned effects after each call.
+- The rollout's status changes only through the table in `transitions.py`: a method names the
+  event and `_take` stores the status the table gives; a request's own check refuses it first.
 - A device has at most one job in flight; a job id is used once; a result for any other job id
   than the device's current one is stale and ignored.
 - Attempts count only real tries at the device: load shedding (GATEWAY_BUSY), waiting for a radio
@@ -46,6 +48,7 @@ from controller.rollout_engine.gates import (
 )
 from controller.rollout_engine.model import FlowView, best_link
 from controller.rollout_engine.records import RolloutDevice, RolloutSnapshot
+from controller.rollout_engine.transitions import StatusEvent, may_take, next_status
 from schemas import (
     DeviceJobState,
     GateDecision,
@@ -64,6 +67,7 @@ from schemas import (
     WindowEnd,
 )
 from schemas.rollout import MAX_GATEWAYS_IN_STATE
+from service_runtime.backoff import exponential_delay_s
 
 ACTIVE = {DeviceJobState.PENDING, DeviceJobState.WAITING, DeviceJobState.IN_FLIGHT}
 RETRYABLE_STATES = {
@@ -223,6 +227,10 @@ class RolloutMachine:
             if record.job_id:
                 self._jobs[record.job_id] = serial
 
+    def _take(self, event: StatusEvent) -> None:
+        # The one place the status changes, so every change is a row of `transitions.TRANSITIONS`.
+        self._s.status = next_status(self._s.status, event)
+
     # --- queries -----------------------------------------------------------------------------
 
     @property
@@ -353,7 +361,7 @@ class RolloutMachine:
 
     def set_plan(self, plan: RolloutPlan) -> list[Effect]:
         """Adopt a (new) plan; only before the rollout starts."""
-        if self._s.status not in (RolloutStatus.CREATED, RolloutStatus.PLANNED):
+        if not may_take(self._s.status, StatusEvent.PLAN):
             raise RolloutError(f"rollout is {self._s.status}; it can no longer be re-planned")
         devices: dict[str, RolloutDevice] = {}
         order: list[str] = []
@@ -364,7 +372,7 @@ class RolloutMachine:
                 )
                 order.append(planned.device_serial)
         self._s.plan, self._s.devices, self._s.order = plan, devices, order
-        self._s.status = RolloutStatus.PLANNED
+        self._take(StatusEvent.PLAN)
         self._rebuild_indexes()
         self._plan_dirty = True
         self._dirty.clear()
@@ -374,7 +382,7 @@ class RolloutMachine:
     def start(self, plan_id: str, now: datetime) -> list[Effect]:
         """Start, approving the plan with this id."""
         plan = self._s.plan
-        if self._s.status is not RolloutStatus.PLANNED or plan is None:
+        if not may_take(self._s.status, StatusEvent.START) or plan is None:
             raise RolloutError(f"rollout is {self._s.status}; only a planned rollout can start")
         if not plan_id:
             raise RolloutError(
@@ -383,7 +391,7 @@ class RolloutMachine:
             )
         if plan_id != plan.plan_id:
             raise RolloutError(f"plan {plan_id!r} is not the current plan {plan.plan_id!r}; preview again")
-        self._s.status = RolloutStatus.RUNNING
+        self._take(StatusEvent.START)
         self._s.wave_started_at = _ts(now)
         self._s.ramp_cap = self._s.spec.flow.ramp_initial_in_flight or self._s.spec.flow.max_in_flight
         self._s.tokens, self._s.tokens_at = 1.0, _ts(now)
@@ -391,25 +399,27 @@ class RolloutMachine:
 
     def pause(self, reason: str) -> list[Effect]:
         """Stop starting jobs; jobs in flight finish."""
-        if self._s.status is not RolloutStatus.RUNNING:
+        if not may_take(self._s.status, StatusEvent.PAUSE):
             raise RolloutError(f"rollout is {self._s.status}; only a running rollout can pause")
-        self._s.status, self._s.paused_reason = RolloutStatus.PAUSED, reason or "paused by an operator"
+        self._take(StatusEvent.PAUSE)
+        self._s.paused_reason = reason or "paused by an operator"
         return [Audit("paused", self._s.paused_reason)]
 
     def resume(self, now: datetime) -> list[Effect]:
         """Resume a paused rollout."""
-        if self._s.status is not RolloutStatus.PAUSED:
+        if not may_take(self._s.status, StatusEvent.RESUME):
             raise RolloutError(f"rollout is {self._s.status}; only a paused rollout can resume")
         if self._s.paused_reason.startswith(SHORT_SAMPLE_PREFIX):
             # Resuming a hold on a short sample is the operator's acceptance of that sample.
             self._s.short_sample_accepted_wave = self._s.current_wave
-        self._s.status, self._s.paused_reason = RolloutStatus.RUNNING, ""
+        self._take(StatusEvent.RESUME)
+        self._s.paused_reason = ""
         self._s.soak_until = None
         return [Audit("resumed", "")]
 
     def abort(self, reason: str, now: datetime) -> list[Effect]:
         """No new jobs; jobs in flight are canceled; updated devices stay updated."""
-        if self._s.status in (RolloutStatus.COMPLETED, RolloutStatus.ABORTED):
+        if not may_take(self._s.status, StatusEvent.ABORT):
             raise RolloutError(f"rollout is already {self._s.status}")
         effects: list[Effect] = [
             Cancel(record.job_id, record.gateway, "rollout aborted") for record in self._in_flight.values()
@@ -417,7 +427,8 @@ class RolloutMachine:
         for serial in list(self._s.order):
             if self._s.devices[serial].state in ACTIVE:
                 self._set_state(serial, DeviceJobState.CANCELED, "rollout aborted")
-        self._s.status, self._s.paused_reason = RolloutStatus.ABORTED, reason
+        self._take(StatusEvent.ABORT)
+        self._s.paused_reason = reason
         effects.append(Audit("aborted", reason))
         return effects
 
@@ -446,8 +457,9 @@ class RolloutMachine:
             record.attempts, record.tried, record.failures_at = 0, [], []
             self._set_state(serial, DeviceJobState.PENDING, "retry requested")
             retried += 1
-        if retried and self._s.status is RolloutStatus.COMPLETED:
-            self._s.status = RolloutStatus.RUNNING
+        # Retrying reopens a completed rollout; in any other status the devices just go again.
+        if retried and may_take(self._s.status, StatusEvent.REOPEN):
+            self._take(StatusEvent.REOPEN)
         return [Audit("retry_failed", f"{retried} devices")]
 
     # --- events from gateways ----------------------------------------------------------------
@@ -530,7 +542,7 @@ class RolloutMachine:
         ):
             if self._penalized(serial, record, _ts(now), reason.value, evidence):
                 return [Audit("parked", f"{serial}: {record.reason}"[:256])]
-            backoff_s = retry.backoff_s * retry.backoff_factor ** max(0, record.attempts - 1)
+            backoff_s = exponential_delay_s(record.attempts, retry.backoff_s, retry.backoff_factor)
             return self._wait(serial, _ts(now) + backoff_s, f"{reason.value}; retry in {backoff_s:.0f} s")
         self._set_state(serial, terminal, reason.value, evidence)
         return []
@@ -669,7 +681,7 @@ class RolloutMachine:
         if record.attempts < retry.max_attempts:
             if self._penalized(serial, record, now_s, f"timed out ({why})", evidence):
                 return [*effects, Audit("parked", f"{serial}: {record.reason}"[:256])]
-            backoff_s = retry.backoff_s * retry.backoff_factor ** max(0, record.attempts - 1)
+            backoff_s = exponential_delay_s(record.attempts, retry.backoff_s, retry.backoff_factor)
             return effects + self._wait(serial, now_s + backoff_s, f"timed out ({why})", avoid=record.gateway)
         self._set_state(serial, DeviceJobState.TIMED_OUT, why, evidence)
         return effects
@@ -702,7 +714,7 @@ class RolloutMachine:
             effects = self._decide(now, wave, gate)
             self._s.soak_until = None
             if wave + 1 >= len(plan.waves):
-                self._s.status = RolloutStatus.COMPLETED
+                self._take(StatusEvent.COMPLETE)
                 return [*effects, Audit("completed", f"{self.counts().succeeded} devices updated")]
             self._s.current_wave, self._s.wave_started_at = wave + 1, now_s
             return effects
@@ -710,7 +722,8 @@ class RolloutMachine:
         prefix = SHORT_SAMPLE_PREFIX if gate.short_sample else GATE_REASON_PREFIX
         if verdict is GateVerdict.ABORT:
             return effects + self.abort(f"{prefix}{reason}", now)
-        self._s.status, self._s.paused_reason = RolloutStatus.PAUSED, f"{prefix}{reason}"[:256]
+        self._take(StatusEvent.PAUSE)
+        self._s.paused_reason = f"{prefix}{reason}"[:256]
         return [*effects, Audit("paused", self._s.paused_reason)]
 
     def _decide(self, now: datetime, wave: int, gate: GateResult) -> list[Effect]:
