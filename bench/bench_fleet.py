@@ -82,13 +82,13 @@ from simulator.cloud import CloudEmulator
 from simulator.fleet import DeviceSpec, Fleet
 from simulator.server import FleetServer
 from tests.harness.broker import MosquittoBroker
-from tests.integration.test_rollout_e2e import create_and_start
 from tests.integration.world import (
     HARDWARE,
     PROJECT_KEY,
     ControllerProbe,
     ProcessUnderTest,
     controller_probe,
+    create_and_start,
     operator_client,
     publish_release,
     settings_document,
