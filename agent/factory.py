@@ -36,8 +36,9 @@ from agent.service import (
 from agent.settings import AgentSettings, SerialDevice, UdpDevice
 from schemas import Transport
 from service_runtime.epoch import EpochCounter, FenceEpoch
-from service_runtime.mqtt import MqttSession, MqttSettings, TlsSettings
+from service_runtime.mqtt import MqttSession
 from service_runtime.mqtt_metrics import MqttMetrics
+from service_runtime.settings import mqtt_settings
 from service_runtime.systemd import SystemdNotifier
 
 __all__ = [
@@ -112,20 +113,8 @@ MqttMaker = Callable[[AgentSettings, MqttHooks, MqttMetrics], AgentMqtt]
 
 def broker_session(settings: AgentSettings, hooks: MqttHooks, metrics: MqttMetrics) -> AgentMqtt:
     """The production MQTT session: the configured broker, a persistent session, presence with epochs."""
-    mqtt = settings.mqtt
-    tls = TlsSettings(mqtt.ca_file, mqtt.cert_file, mqtt.key_file) if mqtt.ca_file else None
     return MqttSession(
-        MqttSettings(
-            mqtt.host,
-            mqtt.port,
-            client_id=settings.gateway_id,
-            username=mqtt.username or settings.gateway_id,
-            password=mqtt.password,
-            tls=tls,
-            keepalive_s=mqtt.keepalive_s,
-            session_expiry_s=mqtt.session_expiry_s,
-            outbox_limit=mqtt.outbox_limit,
-        ),
+        mqtt_settings(settings.mqtt, client_id=settings.gateway_id, default_username=settings.gateway_id),
         tree=hooks.tree,
         subscriptions=hooks.subscriptions,
         handler=hooks.handler,

@@ -50,6 +50,7 @@ from service_runtime.epoch import FenceEpoch
 from service_runtime.errors import MqttError
 from service_runtime.mqtt import Inbound, Outbound, Subscription
 from service_runtime.mqtt_metrics import MqttMetrics
+from service_runtime.outbox import OutboxPump
 from service_runtime.systemd import SystemdNotifier
 
 log = structlog.get_logger("mcufleet.agent")
@@ -251,7 +252,7 @@ class AgentService:
                 on_connected=self._on_connected,
             )
         )
-        self._in_flight_rows: set[int] = set()
+        self.outbox = OutboxPump(self.session.publish, self._acknowledged)
         self._stop = asyncio.Event()
         self.results_published = 0
 
@@ -365,27 +366,13 @@ class AgentService:
         self._publish(Outbound(topic, channels.encode(progress), qos=0))
 
     def _resend_journaled_results(self) -> None:
-        for pending in self.journal.pending_messages():
-            if pending.row_id in self._in_flight_rows:
-                continue
-            self._in_flight_rows.add(pending.row_id)
-            self._publish(
-                Outbound(
-                    pending.topic,
-                    pending.payload,
-                    qos=pending.qos,
-                    retain=pending.retain,
-                    on_acknowledged=self._acknowledger(pending.row_id),
-                )
-            )
+        self.outbox.swept()
+        self.outbox.send(self.journal.pending_messages())
 
-    def _acknowledger(self, row_id: int) -> Callable[[], None]:
-        def acknowledge() -> None:
-            self.journal.acknowledge(row_id)
-            self._in_flight_rows.discard(row_id)
-            self.results_published += 1
-
-        return acknowledge
+    def _acknowledged(self, row_id: int) -> None:
+        self.journal.acknowledge(row_id)
+        self.outbox.settle((row_id,))
+        self.results_published += 1
 
     def _publish(self, message: Outbound) -> None:
         with contextlib.suppress(MqttError):

@@ -11,40 +11,21 @@ from typing import Annotated, Literal
 import msgspec
 
 from agent.smp.upload import DEFAULT_GROW_AFTER, DEFAULT_MAX_WINDOW, DEFAULT_PROBE_AFTER, WindowLimits
+from service_runtime.settings import LogConfig, MetricsConfig, MqttConfig, Port, PositiveSeconds
 
-Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
-PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
-
-
-class MqttConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The broker and this gateway's credentials."""
-
-    host: str = "127.0.0.1"
-    port: Port = 1883
-    username: str = ""
-    password: str = ""
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    keepalive_s: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 30
-    session_expiry_s: Annotated[int, msgspec.Meta(ge=0)] = 7 * 24 * 3600
-    topic_prefix: str = "mcufleet/v1"
-    outbox_limit: Annotated[int, msgspec.Meta(ge=10)] = 10_000
-
-
-class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Where `/metrics` is served (loopback by default; port 0 picks a free one)."""
-
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: Port = 9464
-
-
-class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Log level and format (JSON lines for journald, console for a terminal)."""
-
-    level: str = "info"
-    json: bool = True
+__all__ = [
+    "AgentSettings",
+    "BleConfig",
+    "DiscoveryConfig",
+    "DownloadConfig",
+    "JobsConfig",
+    "LogConfig",
+    "MetricsConfig",
+    "MqttConfig",
+    "SerialDevice",
+    "UdpDevice",
+    "WindowConfig",
+]
 
 
 class DiscoveryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -49,14 +49,14 @@ from service_runtime.errors import MqttError
 from service_runtime.mqtt import (
     Inbound,
     MqttSession,
-    MqttSettings,
     Outbound,
     Rejected,
     Subscription,
-    TlsSettings,
 )
 from service_runtime.mqtt_firehose import MqttFirehose, discard_session
 from service_runtime.mqtt_metrics import MqttMetrics
+from service_runtime.outbox import OutboxPump
+from service_runtime.settings import mqtt_settings
 from service_runtime.systemd import SystemdNotifier
 
 log = structlog.get_logger("mcufleet.controller")
@@ -183,20 +183,10 @@ class ControllerService:
         registry.register(memfault.latency)
         registry.register(self.coordinator.dispatch_latency)
         self.session = MqttSession(
-            MqttSettings(
-                mqtt.host,
-                mqtt.port,
-                settings.controller_id,
-                username=mqtt.username,
-                password=mqtt.password,
-                tls=TlsSettings(mqtt.ca_file, mqtt.cert_file, mqtt.key_file) if mqtt.ca_file else None,
-                keepalive_s=mqtt.keepalive_s,
-                # Short but not zero: what the broker queued survives a connection drop or a broker
-                # restart, while a replica gone for good holds its share of the shared subscriptions
-                # only until its session expires (mosquitto keeps assigning it its round-robin share).
-                session_expiry_s=mqtt.session_expiry_s,
-                outbox_limit=mqtt.outbox_limit,
-            ),
+            # The session expiry is short but not zero: what the broker queued survives a connection
+            # drop or a broker restart, while a replica gone for good holds its share of the shared
+            # subscriptions only until its session expires (mosquitto keeps assigning it its share).
+            mqtt_settings(mqtt, client_id=settings.controller_id),
             tree=self.tree,
             subscriptions=[
                 # Presence is not shared: every replica must get the retained presence of every
@@ -218,15 +208,7 @@ class ControllerService:
         )
         # Device reports and credentials are the high-volume inbound stream (a fleet's rebirth after a
         # broker restart): they arrive on their own connection and thread, in each gateway's order.
-        self._report_mqtt = MqttSettings(
-            mqtt.host,
-            mqtt.port,
-            _report_client_id(settings.controller_id),
-            username=mqtt.username,
-            password=mqtt.password,
-            tls=TlsSettings(mqtt.ca_file, mqtt.cert_file, mqtt.key_file) if mqtt.ca_file else None,
-            keepalive_s=mqtt.keepalive_s,
-        )
+        self._report_mqtt = mqtt_settings(mqtt, client_id=_report_client_id(settings.controller_id))
         self.firehose = MqttFirehose(
             self._report_mqtt,
             tree=self.tree,
@@ -260,13 +242,13 @@ class ControllerService:
         self._inbox_ready = asyncio.Event()
         self._inbox_queue: list[tuple[tuple[str, bytes, str, bytes, float, str], object]] = []
         self._inbox_queued = asyncio.Event()
-        self._in_flight_commands: set[int] = set()
-        """Outbox rows handed to the session and not yet acknowledged (kept across lease terms: the
-        session still delivers them, so sending them again would duplicate the command)."""
-        self._acknowledged: list[int] = []
+        self.outbox = OutboxPump(self.session.publish, self._acknowledged)
+        """Commands handed to the session (kept across lease terms: the session still delivers them,
+        so sending them again would duplicate the command); a refusal reads the store's outbox again."""
+        self._acknowledged_rows: list[int] = []
         self._acks_ready = asyncio.Event()
         self._sweep_outbox = True
-        """Read every pending command from the store at the next step (a new term, or a refusal)."""
+        """Read every pending command from the store at the next step (a new term)."""
         self._loaded_epoch: int | None = None
         self._peers_online: dict[str, bool] = {}
         self._peers_sharing: set[str] = set()
@@ -594,26 +576,15 @@ class ControllerService:
 
     async def _publish_commands(self, saved: list[PendingCommand]) -> None:
         """Hand commands to the session (it keeps many in flight); each row goes once per process."""
-        if self._sweep_outbox:
+        if self._sweep_outbox or self.outbox.refused:
             self._sweep_outbox = False
+            self.outbox.swept()
             saved = await self.executor.call(self.store.pending_commands)
-        for command in saved:
-            if command.row_id in self._in_flight_commands:
-                continue
-            self._in_flight_commands.add(command.row_id)
-            outbound = Outbound(
-                command.topic, command.payload, qos=1, on_acknowledged=self._acknowledger(command.row_id)
-            )
-            if not self._publish(outbound):
-                self._in_flight_commands.discard(command.row_id)
-                self._sweep_outbox = True
+        self.outbox.send(saved)
 
-    def _acknowledger(self, row_id: int) -> Callable[[], None]:
-        def acknowledge() -> None:
-            self._acknowledged.append(row_id)
-            self._acks_ready.set()
-
-        return acknowledge
+    def _acknowledged(self, row_id: int) -> None:
+        self._acknowledged_rows.append(row_id)
+        self._acks_ready.set()
 
     async def _write_acknowledgements(self) -> None:
         """Delete acknowledged outbox rows in batches (one transaction per batch of PUBACKs)."""
@@ -628,21 +599,21 @@ class ControllerService:
                 self._acks_ready.set()
 
     async def _flush_acknowledgements(self) -> None:
-        batch, self._acknowledged = self._acknowledged, []
+        batch, self._acknowledged_rows = self._acknowledged_rows, []
         if not batch:
             return
         try:
             await self.executor.call(self.store.acknowledge_commands, batch)
         except StoreError:
-            self._acknowledged[:0] = batch
+            self._acknowledged_rows[:0] = batch
             raise
-        self._in_flight_commands.difference_update(batch)
+        self.outbox.settle(batch)
 
     def _publish(self, message: Outbound) -> bool:
         try:
             self.session.publish(message)
         except MqttError as error:
-            # Counted by the session; commands stay in the store's outbox and are sent again.
+            # Counted by the session; what must arrive is sent again by its owner.
             log.warning("message not queued", topic=message.topic, error=str(error))
             return False
         return True

@@ -7,22 +7,28 @@ from typing import Annotated
 
 import msgspec
 
-Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
-PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+import service_runtime.settings
+from service_runtime.settings import LogConfig, Port, PositiveSeconds
+
+__all__ = [
+    "ControllerSettings",
+    "IngestConfig",
+    "LogConfig",
+    "MemfaultConfig",
+    "MetricsConfig",
+    "MqttConfig",
+    "OperatorAuthConfig",
+    "OperatorKey",
+    "OperatorRole",
+    "SchedulerConfig",
+    "StoreConfig",
+]
 
 
-class MqttConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class MqttConfig(service_runtime.settings.MqttConfig, frozen=True, forbid_unknown_fields=True):
     """The broker; replicas share the ingest subscriptions through `share_group`."""
 
-    host: str = "127.0.0.1"
-    port: Port = 1883
     username: str = "controller"
-    password: str = ""
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    keepalive_s: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 30
-    topic_prefix: str = "mcufleet/v1"
     share_group: str = "controllers"
     outbox_limit: Annotated[int, msgspec.Meta(ge=10)] = 200_000
     session_expiry_s: Annotated[int, msgspec.Meta(ge=0, le=7 * 24 * 3600)] = 120
@@ -65,19 +71,10 @@ class MemfaultConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     the list exists for. List the keys in production."""
 
 
-class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Where `/metrics` is served."""
+class MetricsConfig(service_runtime.settings.MetricsConfig, frozen=True, forbid_unknown_fields=True):
+    """Where `/metrics` is served (the agent's default port plus one: both run on a demo machine)."""
 
-    enabled: bool = True
-    host: str = "127.0.0.1"
     port: Port = 9465
-
-
-class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Log level and format."""
-
-    level: str = "info"
-    json: bool = True
 
 
 class SchedulerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

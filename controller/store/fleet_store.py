@@ -121,6 +121,8 @@ class PendingCommand:
     row_id: int
     topic: str
     payload: bytes
+    qos: int = 1
+    retain: bool = False
 
 
 class FleetStore:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.cli import EXIT_CONFIG
+from service_runtime.process import EXIT_CONFIG
 
 
 def _check(path: Path) -> subprocess.CompletedProcess[str]:
