@@ -210,7 +210,22 @@ async def test_a_replica_killed_mid_burst_loses_no_report(
                 latest = {serial: seq for gateway in gateways for serial, seq in gateway.last_seq.items()}
                 return links == latest
 
-            await wait_until(every_report_stored, timeout_s=60)
+            try:
+                await wait_until(every_report_stored, timeout_s=60)
+            except TimeoutError:
+                _, links = await asyncio.to_thread(stored_links, shared_database)
+                latest = {serial: seq for gateway in gateways for serial, seq in gateway.last_seq.items()}
+                stale = {
+                    serial: (links.get(serial), seq)
+                    for serial, seq in latest.items()
+                    if links.get(serial) != seq
+                }
+                logs = {name: replica.log()[-3000:] for name, replica in replicas.items()}
+                rebirths = {gateway.gateway_id: gateway.rebirths for gateway in gateways}
+                raise AssertionError(
+                    f"{len(stale)} of {expected} links not at their latest report (stored, latest), e.g. "
+                    f"{dict(list(stale.items())[:5])}; rebirths {rebirths}; logs {logs}"
+                ) from None
             devices, links = await asyncio.to_thread(stored_links, shared_database)
             assert devices == expected and len(links) == expected
             if not returns:

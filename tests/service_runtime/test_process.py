@@ -17,17 +17,21 @@ def _mcufleet(*args: str) -> list[str]:
     return [sys.executable, "-m", "mcufleet", *args]
 
 
-def test_check_config_prints_the_services_summary(tmp_path: Path) -> None:
-    """`--check-config` validates and prints the service's own summary line."""
-    path = tmp_path / "controller.toml"
-    path.write_text('controller_id = "c-9"\n[store]\nurl = "sqlite:///tmp/c.sqlite3"\n')
-    result = subprocess.run(
-        _mcufleet("controller", "--config", str(path), "--check-config"),
+def _controller(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _mcufleet("controller", "--config", str(config), *args),
         capture_output=True,
         text=True,
         check=False,
         timeout=60,
     )
+
+
+def test_check_config_prints_the_services_summary(tmp_path: Path) -> None:
+    """`--check-config` validates and prints the service's own summary line."""
+    path = tmp_path / "controller.toml"
+    path.write_text('controller_id = "c-9"\n[store]\nurl = "sqlite:///tmp/c.sqlite3"\n')
+    result = _controller(path, "--check-config")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "configuration OK: controller c-9, store sqlite:///tmp/c.sqlite3\n"
 
@@ -36,13 +40,7 @@ def test_an_invalid_config_is_one_line_and_ex_config(tmp_path: Path) -> None:
     """A config error names the program and the key, and exits 78 before anything starts."""
     path = tmp_path / "controller.toml"
     path.write_text("[scheduler]\ntick_interval_s = -1\n")
-    result = subprocess.run(
-        _mcufleet("controller", "--config", str(path)),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    result = _controller(path)
     assert result.returncode == EXIT_CONFIG
     assert result.stderr.startswith("mcufleet controller: invalid configuration: ")
     assert "$.scheduler.tick_interval_s" in result.stderr
@@ -52,13 +50,7 @@ def test_the_services_error_root_is_logged_and_ex_config(tmp_path: Path) -> None
     """A setting only the running service can judge (an unknown store scheme) stops it with 78."""
     path = tmp_path / "controller.toml"
     path.write_text('[store]\nurl = "nosuch://x"\n[metrics]\nenabled = false\n')
-    result = subprocess.run(
-        _mcufleet("controller", "--config", str(path)),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    result = _controller(path)
     assert result.returncode == EXIT_CONFIG
     (line,) = [json.loads(line) for line in result.stderr.splitlines() if "controller stopped" in line]
     assert line["level"] == "error" and "nosuch://x" in line["error"]
