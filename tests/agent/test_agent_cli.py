@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 from service_runtime.process import EXIT_CONFIG
+from tests.harness.cli import run_mcufleet
 
 
 def _check(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mcufleet", "agent", "--config", str(path), "--check-config"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    return run_mcufleet("agent", "--config", str(path), "--check-config")
 
 
 def test_valid_config_passes(tmp_path: Path) -> None:

@@ -5,26 +5,16 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 from service_runtime.process import EXIT_CONFIG
+from tests.harness.cli import mcufleet_command, run_mcufleet
 
 START_WAIT_S = 30.0
 
 
-def _mcufleet(*args: str) -> list[str]:
-    return [sys.executable, "-m", "mcufleet", *args]
-
-
 def _controller(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        _mcufleet("controller", "--config", str(config), *args),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    return run_mcufleet("controller", "--config", str(config), *args)
 
 
 def test_check_config_prints_the_services_summary(tmp_path: Path) -> None:
@@ -65,7 +55,7 @@ def test_sigterm_stops_the_service_gracefully(tmp_path: Path) -> None:
         '[mqtt]\nhost = "127.0.0.1"\nport = 1\n[metrics]\nport = 0\n'
     )
     with subprocess.Popen(
-        _mcufleet("agent", "--config", str(path)), stderr=subprocess.PIPE, text=True
+        mcufleet_command("agent", "--config", str(path)), stderr=subprocess.PIPE, text=True
     ) as process:
         try:
             assert process.stderr is not None
