@@ -399,27 +399,10 @@ class RolloutCoordinator:
             message = await self._apply(request, now, step)
         except RolloutError as error:
             status, reason, message = ReplyStatus.REJECTED, error.reason, str(error)
-        reply = OperatorReply(
-            request_id=request.request_id,
-            op=op,
-            status=status,
-            reason=reason,
-            message=message[:256],
-            rollout_id=_rollout_of(request) or "",
+        reply = self._answer_and_audit(
+            request, op, actor, (status, reason, message, reason or message), now, step
         )
-        step.replies.append((request.request_id, channels.encode(reply), reply_topic, correlation))
-        step.audit.append(
-            AuditEvent(
-                at=now,
-                actor=actor[:256],
-                action=f"request:{op}:{status}",
-                rollout_id=_rollout_of(request),
-                request_id=request.request_id,
-                detail=(reason or message)[:256],
-            )
-        )
-        key = (op, status.value)
-        self.stats.operator_requests[key] = self.stats.operator_requests.get(key, 0) + 1
+        step.replies.append((request.request_id, reply, reply_topic, correlation))
 
     def _is_operator_reply_topic(self, topic: str) -> bool:
         try:
@@ -432,27 +415,45 @@ class RolloutCoordinator:
     ) -> None:
         """Refuse without acting: published and audited, but not kept as the request id's answer."""
         reason, detail, topic, correlation = refusal
+        answer = (ReplyStatus.REJECTED, reason, detail, f"{reason}: {detail}")
+        reply = self._answer_and_audit(request, op, actor, answer, now, step)
+        step.refusals.append((topic, reply, correlation))
+
+    def _answer_and_audit(  # noqa: PLR0917 (what the reply and the audit line say)
+        self,
+        request: OperatorRequest,
+        op: str,
+        actor: str,
+        answer: tuple[ReplyStatus, str, str, str],
+        now: datetime,
+        step: _Step,
+    ) -> bytes:
+        """The encoded reply to `request`; the answer is audited and counted by op and status.
+
+        `answer` is (status, reason, message for the reply, detail for the audit line).
+        """
+        status, reason, message, detail = answer
         reply = OperatorReply(
             request_id=request.request_id,
             op=op,
-            status=ReplyStatus.REJECTED,
+            status=status,
             reason=reason,
-            message=detail[:256],
+            message=message[:256],
             rollout_id=_rollout_of(request) or "",
         )
-        step.refusals.append((topic, channels.encode(reply), correlation))
         step.audit.append(
             AuditEvent(
                 at=now,
                 actor=actor[:256],
-                action=f"request:{op}:{ReplyStatus.REJECTED}",
+                action=f"request:{op}:{status}",
                 rollout_id=_rollout_of(request),
                 request_id=request.request_id,
-                detail=f"{reason}: {detail}"[:256],
+                detail=detail[:256],
             )
         )
-        key = (op, ReplyStatus.REJECTED.value)
+        key = (op, status.value)
         self.stats.operator_requests[key] = self.stats.operator_requests.get(key, 0) + 1
+        return channels.encode(reply)
 
     async def _apply(self, request: OperatorRequest, now: datetime, step: _Step) -> str:
         if isinstance(request, AcceptKeyChange):
