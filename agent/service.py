@@ -51,6 +51,7 @@ from service_runtime.errors import MqttError
 from service_runtime.mqtt import Inbound, Outbound, Subscription
 from service_runtime.mqtt_metrics import MqttMetrics
 from service_runtime.outbox import OutboxPump
+from service_runtime.process import until_stopped
 from service_runtime.systemd import SystemdNotifier
 
 log = structlog.get_logger("mcufleet.agent")
@@ -270,7 +271,7 @@ class AgentService:
         if self.ble is not None:
             tasks.append(asyncio.create_task(self.ble.run(), name="ble-discovery"))
         try:
-            await self._stop.wait()
+            await until_stopped(self._stop, tasks)
         finally:
             self._notifier.stopping()
             await self.runner.stop()

@@ -39,6 +39,7 @@ import structlog
 
 from controller.correlation import DeviceFacts
 from controller.correlation_view import read_facts
+from controller.errors import StoreError
 from controller.gateway_trust import RefusalReason, RefusedKind, credential_refusal, key_fingerprint
 from controller.rebirth_limit import RebirthLimiter
 from controller.store.executor import StoreExecutor
@@ -52,6 +53,8 @@ AUDITED_REFUSALS_KEPT: Final = 100_000
 """Refusals remembered as already audited before the memory is cleared (audited again after)."""
 
 
+STORE_RETRY_S: Final = 1.0
+"""How long the writer waits before writing a batch again after the store refused it."""
 HOUSEKEEPING_S: Final = 0.5
 """How often expired key waits and rebirths held back by the buckets are looked at while idle."""
 KEY_WAIT_BACKLOG_GRACE: Final = 3.0
@@ -79,6 +82,8 @@ class IngestStats:
     keys_missing: int = 0
     """Devices whose key did not arrive within `key_wait_s` (each asked for by one rebirth)."""
     last_batch_size: int = 0
+    store_errors: int = 0
+    """Batches the store refused (each kept and written again: a deadlock, a lost connection)."""
     sequence: dict[tuple[str, int], int] = field(default_factory=dict)
     refused: dict[tuple[str, str], int] = field(default_factory=dict)
     """Refused gateway messages by (kind, reason), see `gateway_trust.REFUSAL_LABELS`."""
@@ -113,6 +118,8 @@ class _Decisions:
     pending_keys: list[str] = field(default_factory=list)
     audit: list[bytes] = field(default_factory=list)
     refused: list[tuple[_Offered, RefusalReason, str]] = field(default_factory=list)
+    first_refusals: set[tuple[str, str, str]] = field(default_factory=set)
+    """(gateway, device, reason) refusals audited by this batch, remembered once it commits."""
 
 
 class Ingest:
@@ -178,6 +185,8 @@ class Ingest:
         the writer for the process (the 100k bench's ingest took 142 s with them beside it, 84 s
         without the view told at all)."""
         self._facts_due: set[str] = set()
+        self._unwritten: tuple[list[tuple[DeviceReport, bool]], list[_Offered]] | None = None
+        """A batch drained but not committed (the store refused it): written before anything new."""
 
     def attach(self, source: IngestSource, loop: asyncio.AbstractEventLoop) -> None:
         """Read reports and credentials from `source`; `loop` runs the writer. Call before it starts."""
@@ -212,29 +221,52 @@ class Ingest:
                 self._ready.clear()
                 # Let a burst gather: one transaction per few thousand messages, not per message.
                 await asyncio.sleep(self._linger_s)
-                await self.flush()
+                try:
+                    await self.flush()
+                except StoreError as error:
+                    # The writer outlives the store's refusals: when it ended here, every later
+                    # report of this replica's share stayed unwritten and nothing said so.
+                    self.stats.store_errors += 1
+                    log.warning("cannot write reports; the batch is kept and written again", error=str(error))
+                    await asyncio.sleep(STORE_RETRY_S)
+                    self._ready.set()
             if self._awaiting or self._wanted:
                 await self._executor.call(self._housekeep)
 
     def _has_work(self) -> bool:
-        return self._source is not None and self._source.queued > 0
+        return self._unwritten is not None or (self._source is not None and self._source.queued > 0)
 
     async def flush(self) -> None:
-        """Write every queued report and credential now (also on shutdown, after `run` was cancelled)."""
+        """Write every queued report and credential now (also on shutdown, after `run` was cancelled).
+
+        Raises:
+            StoreError: the store refused a batch; it is kept and written first by the next call.
+        """
         while self._has_work():
             await self._executor.call(self._apply_batch)
 
     def _apply_batch(self) -> None:
-        """On the store thread: drain one batch, check it and write it in one transaction."""
-        drained, offered = self._sort(self._source.drain(self._max_batch) if self._source else [])
+        """On the store thread: drain one batch, check it and write it in one transaction.
+
+        A batch the store refuses is kept as it was sorted (nothing is counted twice) and written
+        again first: its transaction rolled back, so writing it again is exact.
+        """
+        if self._unwritten is not None:
+            (drained, offered), self._unwritten = self._unwritten, None
+        else:
+            drained, offered = self._sort(self._source.drain(self._max_batch) if self._source else [])
         batch = [report for report, _ in drained]
-        with self._store.db.transaction():
-            decisions = self._decide(offered)
-            applied = self._store.apply_ingest(
-                decisions.saved, decisions.pending, decisions.pending_keys, batch
-            )
-            if decisions.audit:
-                self._store.append_audit(decisions.audit, self._wall_clock())
+        try:
+            with self._store.db.transaction():
+                decisions = self._decide(offered)
+                applied = self._store.apply_ingest(
+                    decisions.saved, decisions.pending, decisions.pending_keys, batch
+                )
+                if decisions.audit:
+                    self._store.append_audit(decisions.audit, self._wall_clock())
+        except StoreError:
+            self._unwritten = (drained, offered)
+            raise
         self._after_commit(decisions)
         if self.on_facts:
             self._facts_due.update(report.device_serial for report in batch)
@@ -362,7 +394,7 @@ class Ingest:
                     )
                     decisions.pending_keys.append(credential.project_key)
             else:
-                audit = self._first_refusal(offer.sender, serial, refusal)
+                audit = self._first_refusal(offer.sender, serial, refusal, decisions.first_refusals)
             known_fingerprint = key_fingerprint(known) if known is not None else "none"
             decisions.refused.append((offer, refusal, known_fingerprint))
             if audit:
@@ -383,6 +415,8 @@ class Ingest:
 
     def _after_commit(self, decisions: _Decisions) -> None:
         with self._lock:
+            for marker in decisions.first_refusals:
+                self._remember_refusal(marker)
             for serial, _, _ in decisions.saved:
                 if self._keys_known is not None:
                     self._keys_known.add(serial)
@@ -479,13 +513,30 @@ class Ingest:
         for listener in self.on_presence:
             listener(presence)
 
-    def _first_refusal(self, sender: str, serial: str, reason: RefusalReason) -> bool:
-        """Whether this (gateway, device, reason) refusal is new to this process (then it is audited)."""
+    def _first_refusal(
+        self,
+        sender: str,
+        serial: str,
+        reason: RefusalReason,
+        batch: set[tuple[str, str, str]] | None = None,
+    ) -> bool:
+        """Whether this (gateway, device, reason) refusal is new to this process (then it is audited).
+
+        With `batch` (a transaction's audit lines) the refusal is only collected there: it is
+        remembered when that transaction commits, so a batch written again audits it again.
+        """
+        marker = (sender, serial, reason.value)
         with self._lock:
-            marker = (sender, serial, reason.value)
-            if marker in self._audited:
+            if marker in self._audited or (batch is not None and marker in batch):
                 return False
-            if len(self._audited) >= AUDITED_REFUSALS_KEPT:
-                self._audited.clear()
-            self._audited.add(marker)
+            if batch is None:
+                self._remember_refusal(marker)
+            else:
+                batch.add(marker)
             return True
+
+    def _remember_refusal(self, marker: tuple[str, str, str]) -> None:
+        # Callers hold the lock.
+        if len(self._audited) >= AUDITED_REFUSALS_KEPT:
+            self._audited.clear()  # memory bound: at worst a refusal is audited again
+        self._audited.add(marker)

@@ -79,6 +79,8 @@ class ControllerReadings:
     reports_applied: int = 0
     report_gaps: int = 0
     rebirths_requested: int = 0
+    ingest_store_errors: int = 0
+    """Report batches the store refused (each written again after a pause)."""
     memfault_requests_by_status: Mapping[str, int] = field(default_factory=dict)
     memfault_cache_hits: int = 0
     memfault_cache_misses: int = 0
@@ -176,6 +178,11 @@ def _ingest(readings: ControllerReadings) -> Iterator[Family]:
         "mcufleet_controller_rebirths_requested",
         "Rebirths asked of gateways",
         value=readings.rebirths_requested,
+    )
+    yield CounterMetricFamily(
+        "mcufleet_controller_ingest_store_errors",
+        "Report batches the store refused (each kept and written again)",
+        value=readings.ingest_store_errors,
     )
 
 

@@ -56,6 +56,7 @@ from service_runtime.mqtt import (
 from service_runtime.mqtt_firehose import MqttFirehose, discard_session
 from service_runtime.mqtt_metrics import MqttMetrics
 from service_runtime.outbox import OutboxPump
+from service_runtime.process import until_stopped
 from service_runtime.settings import mqtt_settings
 from service_runtime.systemd import SystemdNotifier
 
@@ -288,7 +289,7 @@ class ControllerService:
             asyncio.create_task(self._watchdog(), name="watchdog"),
         ]
         try:
-            await self._stop.wait()
+            await until_stopped(self._stop, tasks)
         finally:
             self._notifier.stopping()
             # Reports and job events stop arriving first, so the last flush below writes everything
@@ -634,6 +635,7 @@ class ControllerService:
             reports_applied=ingest.reports_applied,
             report_gaps=ingest.gaps_detected,
             rebirths_requested=ingest.rebirths_requested,
+            ingest_store_errors=ingest.store_errors,
             memfault_requests_by_status=dict(memfault.requests_by_status),
             memfault_cache_hits=memfault.cache_hits,
             memfault_cache_misses=memfault.cache_misses,

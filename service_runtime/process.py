@@ -10,7 +10,10 @@ those and `run_process` does the rest:
 - `--check-config` validates, prints the spec's summary and exits 0;
 - the service's own error root, if it escapes, is logged and also exits 78 (a setting that only the
   running service can judge, such as an unreachable store URL);
-- SIGINT and SIGTERM ask the service to stop gracefully (`serve_until_signalled`).
+- SIGINT and SIGTERM ask the service to stop gracefully (`serve_until_signalled`);
+- a background task of the service that fails stops the service (`until_stopped`) and exits 70
+  (EX_SOFTWARE), so systemd restarts it: a controller whose report writer had died went on
+  answering its watchdog while it stored nothing.
 """
 
 from __future__ import annotations
@@ -22,19 +25,21 @@ import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 from prometheus_client import CollectorRegistry
 
 from service_runtime.config import load_config
-from service_runtime.errors import ServiceRuntimeError
+from service_runtime.errors import BackgroundTaskEnded, ServiceRuntimeError
 from service_runtime.logs import configure_logging
 from service_runtime.metrics_http import MetricsServer
 from service_runtime.settings import LogConfig, MetricsConfig
 
 EXIT_CONFIG = 78
 """EX_CONFIG from sysexits.h: a configuration error."""
+EXIT_SOFTWARE = 70
+"""EX_SOFTWARE from sysexits.h: the service failed inside (a background task ended); restart it."""
 
 
 class ProcessSettings(Protocol):
@@ -94,6 +99,9 @@ def run_process(spec: ProcessSpec[S], argv: Sequence[str], environ: Mapping[str,
     configure_logging(settings.log.level, json_lines=settings.log.json)
     try:
         asyncio.run(spec.serve(settings))
+    except BackgroundTaskEnded as error:
+        structlog.get_logger(f"mcufleet.{spec.name}").error(f"{spec.name} failed", error=str(error))
+        return EXIT_SOFTWARE
     except spec.error_root as error:
         structlog.get_logger(f"mcufleet.{spec.name}").error(f"{spec.name} stopped", error=str(error))
         return EXIT_CONFIG
@@ -114,3 +122,26 @@ async def serve_until_signalled(
         await service.run()
     finally:
         server.stop()
+
+
+async def until_stopped(stop: asyncio.Event, tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Wait until `stop` is set, unless a task of `tasks` fails first.
+
+    A task that returns is simply done (a BLE scan with no adapter has nothing to do).
+
+    Raises:
+        BackgroundTaskEnded: a task raised (its exception is the cause). The caller's cleanup runs
+            as for a stop; `run_process` then exits `EXIT_SOFTWARE`.
+    """
+    stopping = asyncio.ensure_future(stop.wait())
+    waiting: set[asyncio.Future[Any]] = {stopping, *tasks}
+    try:
+        while not stopping.done():
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    name = task.get_name() if isinstance(task, asyncio.Task) else "task"
+                    raise BackgroundTaskEnded(f"{name} failed: {error!r}") from error
+    finally:
+        stopping.cancel()

@@ -198,7 +198,11 @@ class FleetStore:
         links: list[tuple[object, ...]] = []
         devices: list[tuple[object, ...]] = []
         present_state, encode = Reachability.PRESENT, _REPORT_ENCODER.encode
-        for r in newest.values():
+        # Rows in key order: replicas writing overlapping batches at once (a restarted replica gets
+        # every retained report beside its peer's share) then lock rows in one order and cannot
+        # deadlock; PostgreSQL aborted one of two such transactions when each held a row the other
+        # wanted next.
+        for r in sorted(newest.values(), key=_link_key):
             seen_at_s = r.seen_at.timestamp()
             present = r.reachability is present_state
             links.append((r.device_serial, r.gateway_id, r.epoch, r.seq, r.rssi_dbm, present, seen_at_s))
@@ -298,6 +302,7 @@ class FleetStore:
         """
         with self.db.transaction():
             if credentials:
+                credentials = sorted(credentials)  # key order, as in `apply_reports` (no deadlock)
                 self.db.executemany(
                     "INSERT INTO credential (serial, project_key, fingerprint) VALUES (?, ?, ?)"
                     " ON CONFLICT (serial) DO UPDATE SET project_key = excluded.project_key,"
@@ -625,3 +630,8 @@ class FleetStore:
         self.db.execute(
             "UPDATE lease SET holder = '', expires_at = 0 WHERE name = 'scheduler' AND holder = ?", (holder,)
         )
+
+
+def _link_key(report: DeviceReport) -> tuple[str, str]:
+    """The order `apply_reports` writes rows in: the `device_link` key, whose first part is `device`'s."""
+    return (report.device_serial, report.gateway_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -13,7 +15,7 @@ import pytest
 from psycopg import conninfo
 
 from controller.correlation_view import read_facts
-from controller.errors import StaleLease
+from controller.errors import StaleLease, StoreError
 from controller.store.database import PostgresDatabase, SqliteDatabase
 from controller.store.fleet_store import CredentialOffer, FleetStore, PendingKeyChange, RolloutRecord
 from controller.store.schema import MIGRATIONS
@@ -105,6 +107,73 @@ def test_stale_reports_never_overwrite_newer_ones(store: FleetStore) -> None:
     assert device.links[0].rssi_dbm == -40
     store.apply_reports([report("gw-1", "S1", epoch=3, seq=1, rssi=-55)])
     assert store.devices()[0].links[0].rssi_dbm == -55
+
+
+@pytest.mark.integration
+def test_replicas_writing_overlapping_batches_in_opposite_orders_do_not_deadlock(postgres_dsn: str) -> None:
+    """Two replicas' batches that share rows, in opposite orders, both commit on PostgreSQL.
+
+    A restarted replica receives every retained report beside its peer's live share, so their
+    batches overlap. A third connection holds the middle row until both writers wait: written in
+    the order received, each then holds rows the other wants next and PostgreSQL aborts one.
+    """
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    dsn = conninfo.make_conninfo(postgres_dsn, options=f"-c search_path={schema}")
+    replicas = [FleetStore(PostgresDatabase(dsn)), FleetStore(PostgresDatabase(dsn))]
+    replicas[0].migrate()
+    serials = [f"S{index:02d}" for index in range(10)]
+    replicas[0].apply_reports([report("gw-1", serial, seq=1) for serial in serials])
+    errors: list[BaseException] = []
+
+    def write(store: FleetStore, batch: list[DeviceReport]) -> None:
+        try:
+            store.apply_reports(batch)
+        except StoreError as error:
+            errors.append(error)
+
+    try:
+        with psycopg.connect(dsn) as gate:
+            gate.execute("SELECT 1 FROM device_link WHERE serial = 'S05' FOR UPDATE")
+            writers = [
+                threading.Thread(
+                    target=write, args=(replicas[0], [report("gw-1", s, seq=2) for s in serials])
+                ),
+                threading.Thread(
+                    target=write, args=(replicas[1], [report("gw-1", s, seq=3) for s in reversed(serials)])
+                ),
+            ]
+            for writer in writers:
+                writer.start()
+            with psycopg.connect(postgres_dsn, autocommit=True) as watch:
+                deadline_s = time.monotonic() + 30
+                while (
+                    _backends_waiting_for_a_lock(watch, dsn) < len(writers) and time.monotonic() < deadline_s
+                ):
+                    time.sleep(0.01)
+                assert _backends_waiting_for_a_lock(watch, dsn) == len(writers), "the writers never met"
+            gate.rollback()
+        for writer in writers:
+            writer.join(30)
+        assert errors == []
+        assert {int(row[0]) for row in replicas[0].db.fetchall("SELECT seq FROM device_link")} == {3}
+    finally:
+        for replica in replicas:
+            replica.db.close()
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def _backends_waiting_for_a_lock(watch: psycopg.Connection[tuple[object, ...]], dsn: str) -> int:
+    database = conninfo.conninfo_to_dict(dsn).get("dbname")
+    row = watch.execute(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
+        (database,),
+    ).fetchone()
+    count = row[0] if row else 0
+    assert isinstance(count, int)
+    return count
 
 
 def test_lost_reports_mark_the_link_unreachable(store: FleetStore) -> None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
+from psycopg import conninfo
 
 from controller.gateway_trust import key_fingerprint
 from controller.memfault import MemfaultClient, MemfaultSettings
@@ -290,3 +293,60 @@ async def test_messages_published_while_the_controller_was_away_reach_it(
         await wait_until(everything_in)
         assert controller.ingest.stats.rebirths_requested == 0
     assert gateway.rebirths == 0
+
+
+async def test_a_batch_the_store_refuses_is_written_again_and_the_writer_goes_on(
+    broker: MosquittoBroker, postgres_dsn: str
+) -> None:
+    """A report batch PostgreSQL refuses (a lock wait timing out here) is kept and written again.
+
+    The refusal used to end the writer: that replica then stored none of its share of the stream
+    (every other report under a shared subscription) and logged nothing.
+    """
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    url = conninfo.make_conninfo(postgres_dsn, options=f"-c search_path={schema} -c lock_timeout=200")
+    gateway = Gateway(broker, "gw-refused", 50, answer=False)
+
+    def latest() -> dict[str, int]:
+        first = gateway.seq - len(gateway.serials) + 1
+        return {serial: first + index for index, serial in enumerate(gateway.serials)}
+
+    try:
+        async with (
+            ingesting_controller(broker, url, IngestConfig(key_wait_s=600.0)) as controller,
+            online([gateway]),
+        ):
+
+            async def links() -> dict[str, int]:
+                rows = await controller.executor.call(
+                    controller.store.db.fetchall, "SELECT serial, seq FROM device_link"
+                )
+                return {str(serial): int(seq) for serial, seq in rows}
+
+            async def all_latest() -> bool:
+                return await links() == latest()
+
+            gateway.publish_reports()
+            await wait_until(all_latest)
+            with psycopg.connect(url) as holder:
+                holder.execute(
+                    "SELECT 1 FROM device_link WHERE serial = %s FOR UPDATE", (gateway.serials[0],)
+                )
+                gateway.publish_reports()
+
+                async def refused() -> bool:
+                    return controller.ingest.stats.store_errors >= 2
+
+                await wait_until(refused)  # refused, kept, and refused again while the row is held
+                assert await links() != latest()
+                holder.rollback()
+            await wait_until(all_latest)
+            gateway.publish_reports()  # the writer goes on with what comes next
+            await wait_until(all_latest)
+            assert controller.metrics_readings().ingest_store_errors == controller.ingest.stats.store_errors
+            assert controller.ingest.stats.rebirths_requested == 0
+    finally:
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -1,13 +1,19 @@
-"""The shared process bootstrap, run as the services are run: `mcufleet agent|controller` processes."""
+"""The shared process bootstrap as the services run it (`mcufleet agent|controller`), and its task wait."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import signal
 import subprocess
 from pathlib import Path
 
-from service_runtime.process import EXIT_CONFIG
+import pytest
+
+from agent.cli import AGENT_PROCESS
+from service_runtime.errors import BackgroundTaskEnded
+from service_runtime.process import EXIT_CONFIG, EXIT_SOFTWARE, run_process, until_stopped
 from tests.harness.cli import mcufleet_command, run_mcufleet
 
 START_WAIT_S = 30.0
@@ -69,3 +75,46 @@ def test_sigterm_stops_the_service_gracefully(tmp_path: Path) -> None:
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+async def test_until_stopped_returns_at_the_stop_and_outlives_tasks_that_return() -> None:
+    """Tasks that return are done, not failed; the wait ends when the stop is asked for."""
+    stop = asyncio.Event()
+    finished = asyncio.create_task(asyncio.sleep(0), name="finishes")
+    forever = asyncio.create_task(asyncio.Event().wait(), name="forever")
+    waiting = asyncio.create_task(until_stopped(stop, [finished, forever]))
+    await finished
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    stop.set()
+    await asyncio.wait_for(waiting, START_WAIT_S)
+    assert not forever.done()
+    forever.cancel()
+
+
+async def test_until_stopped_raises_when_a_task_fails() -> None:
+    """A failing background task ends the wait with its name and its exception as the cause."""
+
+    async def writer() -> None:
+        raise KeyError("store row")
+
+    task = asyncio.create_task(writer(), name="ingest")
+    with pytest.raises(BackgroundTaskEnded, match="ingest failed") as caught:
+        await asyncio.wait_for(until_stopped(asyncio.Event(), [task]), START_WAIT_S)
+    assert isinstance(caught.value.__cause__, KeyError)
+
+
+def test_a_failed_background_task_exits_ex_software(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bootstrap logs the failure and exits 70, so systemd restarts the service."""
+
+    async def serve(settings: object) -> None:
+        raise BackgroundTaskEnded("ingest failed: KeyError('store row')")
+
+    path = tmp_path / "agent.toml"
+    path.write_text(f'gateway_id = "gw-fail"\nstate_dir = "{tmp_path / "state"}"\n')
+    spec = dataclasses.replace(AGENT_PROCESS, serve=serve)
+    assert run_process(spec, ["--config", str(path)], {}) == EXIT_SOFTWARE
+    (line,) = [json.loads(line) for line in capsys.readouterr().err.splitlines() if "agent failed" in line]
+    assert line["level"] == "error" and "KeyError" in line["error"]
