@@ -338,8 +338,9 @@ class ControllerService:
             if payload.gateway_id == message.route.gateway_id:
                 await self.ingest.add_presence(payload, self._wall_clock())
                 if message.retain and payload.online:
-                    # Reports on the shared subscription come without their retained copies: a
-                    # controller that just connected asks each live gateway to publish them again.
+                    # Credentials are never retained, and brokers that follow MQTT 5 (4.8.2) send
+                    # no retained reports to a shared subscription (mosquitto 2 does, at every
+                    # subscribe): a controller that just connected asks each live gateway for both.
                     self.ingest.request_rebirth_once(payload.gateway_id)
         elif kind is TopicKind.CONTROLLER_PRESENCE and isinstance(payload, ControllerPresence):
             if payload.controller_id == message.route.controller_id:
