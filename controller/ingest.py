@@ -4,7 +4,9 @@ Device reports and credentials wait in their source's queue (the firehose: raw m
 its network thread, in the order each gateway sent them). When it stops being empty the writer
 lets a burst gather for `linger_s`, then drains it on the store thread a batch at a time: decode,
 sequence check, trust rules and one transaction per batch holding the credentials and the reports
-together, so the event loop never touches either and a credential costs no commit of its own.
+together, so the event loop never touches either and a credential costs no commit of its own. A
+batch the store refuses (PostgreSQL ended a deadlock, the connection dropped) is kept and written
+again first, so the writer never drops what it drained.
 Both are fleet-sized streams (a rebirth of 100k devices sends 100k of each): on the asyncio session
 the credentials alone kept its event loop busy past the broker's keepalive.
 
