@@ -5,7 +5,7 @@ ServiceRuntimeError
  +-- MqttError          the MQTT session cannot do what was asked
       +-- OutboxFull    the bounded outgoing queue is full; the message was not queued
       +-- SessionClosed the session was stopped; nothing more can be published
- +-- BackgroundTaskEnded a service's background task failed (the service then stops)
+ +-- BackgroundTaskFailed a service's background task failed (the service then stops)
 """
 
 
@@ -41,5 +41,5 @@ class SessionClosed(MqttError):
     """The session was stopped; nothing more can be published."""
 
 
-class BackgroundTaskEnded(ServiceRuntimeError):
+class BackgroundTaskFailed(ServiceRuntimeError):
     """A service's background task failed; the service stops rather than run without it."""

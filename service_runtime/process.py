@@ -31,7 +31,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from service_runtime.config import load_config
-from service_runtime.errors import BackgroundTaskEnded, ServiceRuntimeError
+from service_runtime.errors import BackgroundTaskFailed, ServiceRuntimeError
 from service_runtime.logs import configure_logging
 from service_runtime.metrics_http import MetricsServer
 from service_runtime.settings import LogConfig, MetricsConfig
@@ -39,7 +39,7 @@ from service_runtime.settings import LogConfig, MetricsConfig
 EXIT_CONFIG = 78
 """EX_CONFIG from sysexits.h: a configuration error."""
 EXIT_SOFTWARE = 70
-"""EX_SOFTWARE from sysexits.h: the service failed inside (a background task ended); restart it."""
+"""EX_SOFTWARE from sysexits.h: the service failed inside (a background task raised); restart it."""
 
 
 class ProcessSettings(Protocol):
@@ -99,7 +99,7 @@ def run_process(spec: ProcessSpec[S], argv: Sequence[str], environ: Mapping[str,
     configure_logging(settings.log.level, json_lines=settings.log.json)
     try:
         asyncio.run(spec.serve(settings))
-    except BackgroundTaskEnded as error:
+    except BackgroundTaskFailed as error:
         structlog.get_logger(f"mcufleet.{spec.name}").error(f"{spec.name} failed", error=str(error))
         return EXIT_SOFTWARE
     except spec.error_root as error:
@@ -130,18 +130,17 @@ async def until_stopped(stop: asyncio.Event, tasks: Sequence[asyncio.Task[Any]])
     A task that returns is simply done (a BLE scan with no adapter has nothing to do).
 
     Raises:
-        BackgroundTaskEnded: a task raised (its exception is the cause). The caller's cleanup runs
+        BackgroundTaskFailed: a task raised (its exception is the cause). The caller's cleanup runs
             as for a stop; `run_process` then exits `EXIT_SOFTWARE`.
     """
-    stopping = asyncio.ensure_future(stop.wait())
-    waiting: set[asyncio.Future[Any]] = {stopping, *tasks}
+    stopping = asyncio.create_task(stop.wait())
+    waiting: set[asyncio.Task[Any]] = {stopping, *tasks}
     try:
         while not stopping.done():
             done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 error = None if task.cancelled() else task.exception()
                 if error is not None:
-                    name = task.get_name() if isinstance(task, asyncio.Task) else "task"
-                    raise BackgroundTaskEnded(f"{name} failed: {error!r}") from error
+                    raise BackgroundTaskFailed(f"{task.get_name()} failed: {error!r}") from error
     finally:
         stopping.cancel()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import AGENT_PROCESS
-from service_runtime.errors import BackgroundTaskEnded
+from service_runtime.errors import BackgroundTaskFailed
 from service_runtime.process import EXIT_CONFIG, EXIT_SOFTWARE, run_process, until_stopped
 from tests.harness.cli import mcufleet_command, run_mcufleet
 
@@ -99,7 +99,7 @@ async def test_until_stopped_raises_when_a_task_fails() -> None:
         raise KeyError("store row")
 
     task = asyncio.create_task(writer(), name="ingest")
-    with pytest.raises(BackgroundTaskEnded, match="ingest failed") as caught:
+    with pytest.raises(BackgroundTaskFailed, match="ingest failed") as caught:
         await asyncio.wait_for(until_stopped(asyncio.Event(), [task]), START_WAIT_S)
     assert isinstance(caught.value.__cause__, KeyError)
 
@@ -110,7 +110,7 @@ def test_a_failed_background_task_exits_ex_software(
     """The bootstrap logs the failure and exits 70, so systemd restarts the service."""
 
     async def serve(settings: object) -> None:
-        raise BackgroundTaskEnded("ingest failed: KeyError('store row')")
+        raise BackgroundTaskFailed("ingest failed: KeyError('store row')")
 
     path = tmp_path / "agent.toml"
     path.write_text(f'gateway_id = "gw-fail"\nstate_dir = "{tmp_path / "state"}"\n')
